@@ -1,0 +1,276 @@
+"""`cli`: count an export's records from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import traceback
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+
+# Typer vendors Click (as typer._click) and re-exports only some of its exceptions;
+# the base classes are needed to report every usage error on one line.
+from typer._click.exceptions import ClickException, UsageError
+from typer.core import TyperCommand
+
+from . import __version__
+from ._client import DEFAULT_CONCURRENCY, DEFAULT_SERVER, DEFAULT_TIMEOUT, ExportClient
+from ._exceptions import ExportClientError, UnknownExportError
+from ._mock import mock_server
+from ._models import ExportReport
+from ._output import write_atomically
+from ._progress import NoProgress, ProgressListener, TerminalProgress
+
+SERVER_ENV = "EXPORT_SERVER_URL"
+
+EXAMPLES = """
+Examples:
+
+  cli demo --mock              count `demo` on a mock server started for this run
+
+  cli small -s http://localhost:8000 -o small.json -t
+
+  cli --list                   the exports a server offers (JSON)
+
+  cli large --list             the downloads of `large` with their metadata
+"""
+
+
+class OneLineErrors(TyperCommand):
+    """Reports a usage error as one `error:` line and exit code 2, like every other error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as error:
+            hint = " (see cli --help)" if isinstance(error, UsageError) else ""
+            typer.echo(f"error: {error.format_message()}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cli {__version__}")
+        raise typer.Exit()
+
+
+@app.command(cls=OneLineErrors, epilog=EXAMPLES)
+def cli(
+    export_id: Annotated[
+        str | None, typer.Argument(help="The export to count (demo, small, large, ...).")
+    ] = None,
+    export_option: Annotated[
+        str | None,
+        typer.Option(
+            "-e", "--export_id", help="The export to count, as an option.", show_default=False
+        ),
+    ] = None,
+    server: Annotated[
+        str,
+        typer.Option("-s", "--server", envvar=SERVER_ENV, help="Base URL of the export server."),
+    ] = DEFAULT_SERVER,
+    mock: Annotated[
+        bool,
+        typer.Option(
+            "--mock", help="Start the project's own server on a free loopback port for this run."
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the JSON to FILE (atomically) instead of stdout.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("-c", "--concurrency", min=1, help="Downloads streamed at once.")
+    ] = DEFAULT_CONCURRENCY,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="Retries per download after a failure.")
+    ] = 3,
+    backoff: Annotated[
+        float,
+        typer.Option(
+            "--backoff",
+            min=0.0,
+            help="Seconds before the first retry, doubling for each next one (with jitter); "
+            "a server's Retry-After takes precedence.",
+        ),
+    ] = 0.5,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.001, help="Seconds to wait for a connection or for the next bytes."
+        ),
+    ] = DEFAULT_TIMEOUT,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Processes that count blocks; 0 counts in the main process. "
+            "Default: every core for exports of a million rows or more, else 0.",
+            show_default=False,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on any malformed row instead of skipping it.")
+    ] = False,
+    list_: Annotated[
+        bool,
+        typer.Option("--list", help="List the exports, or with an export id its downloads (JSON)."),
+    ] = False,
+    time_: Annotated[
+        bool, typer.Option("-t", "--time", help="Print a one-line summary with timing on stderr.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="No progress and no warnings on stderr.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "-d", "--verbose", help="Per-download details, malformed row examples, tracebacks."
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "-v", "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Count the records of an export per patient and event type, and print them as JSON.
+
+    Every download of the export is streamed concurrently, counted, and verified
+    against the row count its metadata announces; failed streams are retried.
+    The JSON goes to stdout (or --output); progress, warnings and errors go to stderr.
+    Exit codes: 0 success, 1 failure, 2 usage error (an unknown export included).
+    """
+    if export_id and export_option and export_id != export_option:
+        raise typer.BadParameter(
+            f"two different exports given: {export_id!r} and {export_option!r}",
+            param_hint="EXPORT_ID / --export_id",
+        )
+    chosen = export_id or export_option
+    if not chosen and not list_:
+        raise UsageError("Missing export id: give one, or --list to see them.")
+    progress: ProgressListener = (
+        TerminalProgress() if sys.stderr.isatty() and not quiet and not list_ else NoProgress()
+    )
+    server_context: AbstractContextManager[str] = (
+        mock_server(show_log=verbose) if mock else nullcontext(server)
+    )
+    try:
+        with server_context as url:
+            client = ExportClient(
+                url,
+                concurrency=concurrency,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                strict=strict,
+                workers=workers,
+                progress=progress,
+            )
+            if list_:
+                document = asyncio.run(_listing(client, chosen))
+                _emit(document, output)
+                return
+            report = asyncio.run(_count(client, chosen))  # type: ignore[arg-type]
+    except UnknownExportError as error:
+        _fail(error, verbose, code=2)
+    except ExportClientError as error:
+        _fail(error, verbose, code=1)
+    except KeyboardInterrupt:
+        _fail(None, verbose, code=130)
+    except Exception as error:
+        _fail(error, verbose, code=1, bug=True)
+    _present(report, output=output, time_=time_, quiet=quiet, verbose=verbose)
+
+
+async def _count(client: ExportClient, export_id: str) -> ExportReport:
+    async with client:
+        return await client.count(export_id)
+
+
+async def _listing(client: ExportClient, export_id: str | None) -> bytes:
+    async with client:
+        if export_id:
+            downloads = await client.downloads(export_id)
+            document: dict[str, Any] = {
+                "id": export_id,
+                "rows": sum(download.rows for download in downloads),
+                "downloads": [download.to_dict() for download in downloads],
+            }
+        else:
+            document = {"export_ids": await client.export_ids()}
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def _present(
+    report: ExportReport, *, output: Path | None, time_: bool, quiet: bool, verbose: bool
+) -> None:
+    if not quiet:
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+    if verbose:
+        for download in report.downloads:
+            typer.echo(
+                f"{download.download_id}: {download.rows:,} rows, {download.bytes:,} bytes, "
+                f"{download.attempts} attempt(s), {download.malformed:,} malformed",
+                err=True,
+            )
+            for example in download.malformed_examples:
+                typer.echo(f"  malformed: {example!r}", err=True)
+    _emit(report.counts.to_json(), output)
+    if time_:
+        rate = report.rows / report.seconds if report.seconds > 0 else 0.0
+        typer.echo(
+            f"{report.export_id}: {report.rows:,} rows, {len(report.downloads)} downloads, "
+            f"{report.bytes / 1e6:,.1f} MB in {report.seconds:.2f} s "
+            f"({rate:,.0f} rows/s), {report.retries} retries, {report.malformed:,} malformed rows",
+            err=True,
+        )
+
+
+def _emit(document: bytes, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.buffer.write(document)
+        sys.stdout.flush()
+    else:
+        try:
+            write_atomically(output, document)
+        except OSError as error:
+            _fail(ExportClientError(f"Cannot write {output}: {error.strerror}."), False, code=1)
+
+
+def _fail(error: BaseException | None, verbose: bool, *, code: int, bug: bool = False) -> NoReturn:
+    if verbose and error is not None:
+        traceback.print_exception(error, file=sys.stderr)
+    if error is None:
+        message = "interrupted"
+    elif bug:
+        message = f"unexpected {type(error).__name__}: {error} (run with --verbose for details)"
+    else:
+        message = str(error)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point of the `cli` script."""
+    app()

@@ -1,0 +1,207 @@
+"""The library's front door: an export server, its exports, and their counts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TypeVar
+
+import aiohttp
+
+from ._exceptions import ServerResponseError, ServerUnreachableError, UnknownExportError
+from ._http import ConnectError, ExportAPI, TransientError
+from ._models import DownloadInfo, ExportReport
+from ._orchestrator import Orchestrator, run_all
+from ._parallel import BlockCounting, InlineCounting, PoolCounting
+from ._progress import NoProgress, ProgressListener
+from ._results import merge_counts
+from ._retry import RetryPolicy
+
+DEFAULT_SERVER = "http://localhost:8000"
+DEFAULT_CONCURRENCY = 8
+DEFAULT_TIMEOUT = 60.0
+# Below this many rows a pool's start-up costs more than the cores it adds.
+POOL_THRESHOLD_ROWS = 1_000_000
+
+T = TypeVar("T")
+
+
+class ExportClient:
+    """A client for one export server.
+
+    Use it as an async context manager; it owns one HTTP session::
+
+        async with ExportClient("http://localhost:8000") as client:
+            report = await client.count("demo")
+        print(report.counts.to_json().decode())
+    """
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retries: int = 3,
+        backoff: float = 0.5,
+        timeout: float = DEFAULT_TIMEOUT,
+        strict: bool = False,
+        workers: int | None = None,
+        max_line_bytes: int = 1 << 20,
+        progress: ProgressListener | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if workers is not None and workers < 0:
+            raise ValueError("workers must be 0 or more")
+        self.server = server.rstrip("/")
+        self.concurrency = concurrency
+        self.policy = RetryPolicy(retries=retries, base_delay=backoff)
+        self.timeout = timeout
+        self.strict = strict
+        self.workers = workers
+        self.max_line_bytes = max_line_bytes
+        self.progress: ProgressListener = progress or NoProgress()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ExportClient:
+        self._session = aiohttp.ClientSession(
+            # Connect and idle-read bounds only: a healthy stream of any length
+            # must never time out, a stalled one must.
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
+            connector=aiohttp.TCPConnector(limit=self.concurrency + 4),
+            read_bufsize=1 << 20,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def api(self) -> ExportAPI:
+        if self._session is None:
+            raise RuntimeError("use ExportClient as an async context manager")
+        return ExportAPI(self._session, self.server)
+
+    async def export_ids(self) -> list[str]:
+        """The ids of the exports the server offers."""
+        return await self._retrying(self.api.export_ids, what="the export list")
+
+    async def downloads(self, export_id: str) -> list[DownloadInfo]:
+        """An export's downloads with their metadata, after checking the export exists."""
+        known = await self.export_ids()
+        if export_id not in known:
+            raise UnknownExportError(export_id, known)
+        api = self.api
+        try:
+            ids = await self._retrying(
+                lambda: api.download_ids(export_id), what=f"export {export_id!r}"
+            )
+        except UnknownExportError:
+            raise UnknownExportError(export_id, known) from None
+        if len(set(ids)) != len(ids):
+            raise ServerResponseError(f"Export {export_id!r} lists a download more than once.")
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def info(download_id: str) -> DownloadInfo:
+            async with slots:
+                return await self._retrying(
+                    lambda: api.download_info(export_id, download_id),
+                    what=f"the metadata of download {download_id}",
+                )
+
+        return await run_all(info(download_id) for download_id in ids)
+
+    async def count(self, export_id: str) -> ExportReport:
+        """Counts every row of an export per patient and event type, verified.
+
+        Raises an `ExportClientError` rather than return anything partial.
+        """
+        started = time.perf_counter()
+        downloads = await self.downloads(export_id)
+        counting = self._counting_for(downloads)
+        self.progress.started(downloads)
+        try:
+            orchestrator = Orchestrator(
+                api=self.api,
+                export_id=export_id,
+                concurrency=self.concurrency,
+                policy=self.policy,
+                counting=counting,
+                progress=self.progress,
+                strict=self.strict,
+                max_line_bytes=self.max_line_bytes,
+            )
+            counted = await orchestrator.run(downloads)
+        finally:
+            if isinstance(counting, PoolCounting):
+                counting.close()
+            self.progress.finished()
+        reports = tuple(item.report for item in counted)
+        warnings = []
+        for report in reports:
+            if report.unexpected_patients:
+                warnings.append(
+                    f"download {report.download_id} has patients its metadata does not list: "
+                    + ", ".join(report.unexpected_patients)
+                )
+            if report.unexpected_event_types:
+                warnings.append(
+                    f"download {report.download_id} has event types its metadata does not "
+                    "list: " + ", ".join(report.unexpected_event_types)
+                )
+            if report.malformed:
+                warnings.append(
+                    f"download {report.download_id} has {report.malformed:,} malformed rows, "
+                    "which were not counted"
+                )
+        return ExportReport(
+            export_id=export_id,
+            counts=merge_counts(item.count for item in counted),
+            downloads=reports,
+            seconds=time.perf_counter() - started,
+            warnings=tuple(warnings),
+        )
+
+    def _counting_for(self, downloads: list[DownloadInfo]) -> BlockCounting:
+        workers = self.workers
+        if workers is None:
+            big = sum(download.rows for download in downloads) >= POOL_THRESHOLD_ROWS
+            workers = (os.cpu_count() or 1) if big else 0
+        return PoolCounting(workers) if workers >= 1 else InlineCounting()
+
+    async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                return await request()
+            except ConnectError as error:
+                # Nothing answers at all: retrying would only delay the obvious.
+                raise ServerUnreachableError(self.server, str(error)) from error
+            except TransientError as error:
+                if attempt == self.policy.attempts:
+                    raise ServerResponseError(
+                        f"Fetching {what} failed after {attempt} attempts: {error}"
+                    ) from error
+                await asyncio.sleep(self.policy.delay(attempt, retry_after=error.retry_after))
+        raise AssertionError("unreachable: the last attempt either returns or raises")
+
+
+def count_export(export_id: str, server: str = DEFAULT_SERVER, **options: object) -> ExportReport:
+    """Counts an export from synchronous code; `options` are those of `ExportClient`."""
+
+    async def run() -> ExportReport:
+        async with ExportClient(server, **options) as client:  # type: ignore[arg-type]
+            return await client.count(export_id)
+
+    return asyncio.run(run())

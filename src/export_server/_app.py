@@ -1,0 +1,263 @@
+"""The aiohttp application: the export API over a catalog, a worker pool, a cache and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ._cache import CacheWriter, DiskCache, sendfile_chunked
+from ._catalog import REFERENCE_CATALOG, Catalog, DownloadSpec
+from ._exceptions import WorkerError
+from ._faults import FaultConfig, FaultInjector, RequestFaults
+from ._generate import CSV_HEADER
+from ._workers import WorkerPool
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("export_server")
+
+_CATALOG_KEY = web.AppKey("catalog", Catalog)
+_POOL_KEY = web.AppKey("pool", WorkerPool)
+_CACHE_KEY = web.AppKey("cache", DiskCache)
+_FAULTS_KEY = web.AppKey("faults", FaultInjector)
+_REQUEST_FAULTS = web.RequestKey("faults", RequestFaults)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(
+    payload: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class _ApiError(Exception):
+    """Raised by handlers to answer with an error response of the API."""
+
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Answer routing errors (unknown path, wrong method) with a JSON `detail` like the API."""
+    try:
+        return await handler(request)
+    except _ApiError as exc:
+        return exc.response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _json({"detail": exc.reason}, status=exc.status, headers=headers)
+
+
+@web.middleware
+async def _inject_faults(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    injector = request.app[_FAULTS_KEY]
+    faults = injector.decide(request.path)
+    if injector.config.latency:
+        await asyncio.sleep(injector.config.latency)
+    if faults.error:
+        return _json(
+            {"detail": "Service temporarily unavailable (injected fault)"},
+            status=503,
+            headers={"Retry-After": str(injector.config.retry_after)},
+        )
+    request[_REQUEST_FAULTS] = faults
+    return await handler(request)
+
+
+async def _list_exports(request: web.Request) -> web.Response:
+    return _json({"data": {"export_ids": request.app[_CATALOG_KEY].export_ids}})
+
+
+def _downloads(request: web.Request) -> tuple[str, list[DownloadSpec]]:
+    export_id = request.match_info["export_id"]
+    downloads = request.app[_CATALOG_KEY].downloads(export_id)
+    if downloads is None:
+        raise _ApiError(_json({"detail": "Export not found"}, status=404))
+    return export_id, downloads
+
+
+async def _get_export(request: web.Request) -> web.Response:
+    export_id, downloads = _downloads(request)
+    return _json({"data": {"id": export_id, "download_ids": [str(d.id) for d in downloads]}})
+
+
+def _download(request: web.Request) -> DownloadSpec:
+    text = request.match_info["download_id"]
+    try:
+        download_id = uuid.UUID(text)
+    except ValueError:
+        # The shape FastAPI (the reference server) gives a path parameter that is not a UUID.
+        raise _ApiError(
+            _json(
+                {
+                    "detail": [
+                        {
+                            "type": "uuid_parsing",
+                            "loc": ["path", "download_id"],
+                            "msg": "Input should be a valid UUID",
+                            "input": text,
+                        }
+                    ]
+                },
+                status=422,
+            )
+        ) from None
+    export_id, _ = _downloads(request)
+    download = request.app[_CATALOG_KEY].download(export_id, download_id)
+    if download is None:
+        raise _ApiError(_json({"detail": "Download not found"}, status=404))
+    return download
+
+
+async def _get_download(request: web.Request) -> web.Response:
+    return _json({"data": _download(request).metadata()})
+
+
+def _min_body_size(download: DownloadSpec) -> int:
+    """A lower bound of the body size: where a cut surely falls before the end."""
+    shortest_line = (
+        min(map(len, download.patients))
+        + len(",2025-01-01T00:00:00Z,")
+        + min(map(len, download.event_types))
+        + len(",00\n")
+    )
+    return len(CSV_HEADER) + download.rows * shortest_line
+
+
+def _cut_connection(request: web.Request) -> None:
+    # close() (not abort()) first sends what is buffered, so the client gets every byte before
+    # the cut and then a connection closed without the chunked terminator.
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def _get_data(request: web.Request) -> web.StreamResponse:
+    download = _download(request)
+    faults = request.get(_REQUEST_FAULTS)
+    cut_at = int(faults.cut_fraction * _min_body_size(download)) if faults and faults.cut else None
+    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+    response.enable_chunked_encoding()
+    cache = request.app.get(_CACHE_KEY)
+    try:
+        cached = cache.cached(download.id) if cache is not None else None
+        if cached is not None:
+            await response.prepare(request)
+            if request.transport is None:
+                raise ConnectionResetError("The client went away.")
+            if not await sendfile_chunked(request.transport, cached, limit=cut_at):
+                _cut_connection(request)
+            return response
+        async with contextlib.AsyncExitStack() as stack:
+            writer = (
+                await stack.enter_async_context(await cache.writer(download.id))
+                if cache is not None
+                else None
+            )
+            await response.prepare(request)
+            if not await _stream_generated(request, response, download, cut_at, writer):
+                _cut_connection(request)
+    except ConnectionResetError:
+        # Not an error of ours: aiohttp drops the connection when it fails to end the response.
+        logger.debug("The client of download %s went away mid-stream.", download.id)
+    return response
+
+
+async def _stream_generated(
+    request: web.Request,
+    response: web.StreamResponse,
+    download: DownloadSpec,
+    cut_at: int | None,
+    cache: CacheWriter | None,
+) -> bool:
+    """Send the generated body; returns False if the connection must be cut instead of ended."""
+    sent = 0
+    chunks = request.app[_POOL_KEY].stream(download)
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if cut_at is not None and sent + len(chunk) > cut_at:
+                    await response.write(chunk[: cut_at - sent])
+                    return False
+                if cache is not None:
+                    await cache.write(chunk)
+                await response.write(chunk)
+                sent += len(chunk)
+    except WorkerError as exc:
+        logger.error("Cutting the stream of download %s: %s", download.id, exc)
+        return False
+    if cache is not None:
+        await cache.commit()
+    return True
+
+
+def create_app(
+    catalog: Catalog = REFERENCE_CATALOG,
+    *,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    faults: FaultConfig | None = None,
+) -> web.Application:
+    """Build the export API application.
+
+    `workers` generation processes (default: one per CPU) are started when the app starts and
+    stopped when it is cleaned up. With `cache_dir`, complete bodies are cached there and later
+    requests for them are served from disk. `faults` makes the server misbehave on purpose.
+    """
+    size = workers if workers is not None else os.cpu_count() or 1
+    if size < 1:
+        raise ValueError(f"workers must be at least 1, got {size}.")
+    app = web.Application(middlewares=[_json_errors, _inject_faults])
+    app[_CATALOG_KEY] = catalog
+    app[_FAULTS_KEY] = FaultInjector(faults or FaultConfig())
+    if cache_dir is not None:
+        cache = DiskCache(cache_dir)
+        app[_CACHE_KEY] = cache
+        app.cleanup_ctx.append(_cache_context(cache))
+
+    async def pool_context(app: web.Application) -> AsyncIterator[None]:
+        pool = WorkerPool(size)
+        await pool.start()
+        app[_POOL_KEY] = pool
+        try:
+            yield
+        finally:
+            await pool.stop()
+
+    app.cleanup_ctx.append(pool_context)
+    app.router.add_get("/api/export", _list_exports, allow_head=False)
+    app.router.add_get("/api/export/{export_id}", _get_export, allow_head=False)
+    app.router.add_get("/api/export/{export_id}/{download_id}", _get_download, allow_head=False)
+    app.router.add_get("/api/export/{export_id}/{download_id}/data", _get_data, allow_head=False)
+    return app
+
+
+def _cache_context(
+    cache: DiskCache,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        cache.directory.mkdir(parents=True, exist_ok=True)
+        cache.remove_temporaries()
+        try:
+            yield
+        finally:
+            cache.remove_temporaries()
+
+    return context

@@ -1,0 +1,123 @@
+"""Running the application: in the foreground (the CLI) or in a background thread (tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiohttp import web
+
+from ._app import create_app
+from ._catalog import Catalog
+from ._exceptions import PortInUseError
+from ._faults import FaultConfig
+
+__all__ = ["running_server", "serve"]
+
+# Streams still running at shutdown are cut after this long instead of delaying the stop.
+_SHUTDOWN_TIMEOUT = 1.0
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    on_listening: Callable[[str], None],
+    access_log: bool = False,
+) -> None:
+    """Serve `app` until `stop` is set, calling `on_listening` with the base URL once bound.
+
+    Raises PortInUseError if the address is taken. Everything the app started (its workers) is
+    stopped before this returns, however it returns.
+    """
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+        **({} if access_log else {"access_log": None}),
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(host, port) from None
+            raise
+        bound_port = runner.addresses[0][1]
+        on_listening(_url(host, bound_port))
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+@contextmanager
+def running_server(
+    app: web.Application | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    catalog: Catalog | None = None,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    faults: FaultConfig | None = None,
+) -> Iterator[str]:
+    """Run an export server in a background thread and yield its base URL.
+
+    The server gets its own event loop in its own thread, so this is for synchronous code (tests,
+    fixtures); from a coroutine it would block the caller's loop while the server starts and
+    stops. Pass an `app` from `create_app`, or the
+    `create_app` options (`catalog`, `workers`, `cache_dir`, `faults`) to build one. `port=0`
+    picks a free port. On exit the server and its workers are stopped.
+
+        with running_server(workers=1) as url:
+            urllib.request.urlopen(f"{url}/api/export")
+    """
+    if app is None:
+        options = {"workers": workers, "cache_dir": cache_dir, "faults": faults}
+        app = create_app(catalog, **options) if catalog is not None else create_app(**options)
+    elif catalog is not None or workers is not None or cache_dir is not None or faults is not None:
+        raise TypeError("Pass either an app or the options to build one, not both.")
+    started: concurrent.futures.Future[str] = concurrent.futures.Future()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(
+                serve(app, host=host, port=port, stop=stop, on_listening=started.set_result)
+            )
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                raise
+        finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    thread = threading.Thread(target=run, name="export-server", daemon=True)
+    thread.start()
+    try:
+        url = started.result()
+    except BaseException:
+        thread.join()
+        raise
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join()

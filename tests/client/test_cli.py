@@ -1,0 +1,248 @@
+"""The real CLI against the real server, started on a free loopback port."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from export_client._cli import SERVER_ENV, app
+from export_server import Catalog, ExportSpec, FaultConfig, generate_body, running_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = Catalog(
+    [
+        ExportSpec(
+            id="tiny",
+            downloads=3,
+            min_rows=300,
+            max_rows=900,
+            event_types=("heart_rate", "spo2"),
+            patient_pool=("T001", "T002", "T003", "T004", "T005"),
+            first_start=datetime(2025, 8, 26),
+            step=timedelta(seconds=3),
+        ),
+        ExportSpec(
+            id="other",
+            downloads=2,
+            min_rows=10,
+            max_rows=20,
+            event_types=("bp_sys",),
+            patient_pool=("O001", "O002"),
+            first_start=datetime(2025, 8, 26),
+            step=timedelta(seconds=7),
+        ),
+    ]
+)
+
+
+def expected_json(export_id: str) -> str:
+    """The counts, by an oracle independent of the client: csv.reader over the bodies."""
+    pairs: Counter[tuple[str, str]] = Counter()
+    for download in TINY.downloads(export_id) or ():
+        body = b"".join(generate_body(download)).decode()
+        for row in csv.DictReader(io.StringIO(body)):
+            pairs[row["patient_id"], row["event_type"]] += 1
+    patients: dict[str, dict[str, int]] = {}
+    totals: Counter[str] = Counter()
+    for (patient, event_type), n in pairs.items():
+        patients.setdefault(patient, {})[event_type] = n
+        totals[event_type] += n
+    return json.dumps({"patients": patients, "totals": dict(totals)}, indent=2, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with running_server(catalog=TINY, workers=1) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def faulty_server() -> Iterator[str]:
+    faults = FaultConfig(fail_rate=0.5, error_rate=0.2, seed=7, retry_after=0)
+    with running_server(catalog=TINY, workers=1, faults=faults) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def broken_server() -> Iterator[str]:
+    with running_server(catalog=TINY, workers=1, faults=FaultConfig(fail_rate=1.0)) as url:
+        yield url
+
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_counts_an_export(server: str) -> None:
+    code, out, err = invoke("tiny", "-s", server)
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+    assert err == ""
+
+
+def test_export_id_as_an_option(server: str) -> None:
+    code, out, err = invoke("-e", "other", "--server", server)
+    assert code == 0, err
+    assert out == expected_json("other") + "\n"
+
+
+def test_server_from_the_environment(server: str) -> None:
+    code, out, err = invoke("other", env={SERVER_ENV: server})
+    assert code == 0, err
+    assert json.loads(out) == json.loads(expected_json("other"))
+
+
+@pytest.mark.parametrize("workers", ["0", "1", "2"])
+@pytest.mark.parametrize("concurrency", ["1", "3"])
+def test_every_way_of_counting_gives_the_same_answer(
+    server: str, workers: str, concurrency: str
+) -> None:
+    code, out, err = invoke("tiny", "-s", server, "--workers", workers, "-c", concurrency)
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+
+
+def test_output_file_gets_the_same_bytes(server: str, tmp_path: Path) -> None:
+    target = tmp_path / "tiny.json"
+    code, out, err = invoke("tiny", "-s", server, "-o", str(target))
+    assert code == 0, err
+    assert out == ""
+    assert target.read_text() == expected_json("tiny") + "\n"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_failed_run_leaves_the_output_file_alone(broken_server: str, tmp_path: Path) -> None:
+    target = tmp_path / "tiny.json"
+    target.write_text("previous result\n")
+    code, out, _ = invoke("tiny", "-s", broken_server, "--retries", "0", "-o", str(target))
+    assert code == 1
+    assert out == ""
+    assert target.read_text() == "previous result\n"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_time_prints_one_summary_line(server: str) -> None:
+    code, out, err = invoke("tiny", "-s", server, "--time")
+    assert code == 0, err
+    rows = sum(d.rows for d in TINY.downloads("tiny") or ())
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert f"{rows:,} rows, 3 downloads" in lines[0]
+    assert "0 retries, 0 malformed rows" in lines[0]
+    assert json.loads(out)["totals"]
+
+
+def test_faulty_server_still_gives_exact_counts(faulty_server: str) -> None:
+    code, out, err = invoke(
+        "tiny", "-s", faulty_server, "--retries", "8", "--backoff", "0.01", "--time"
+    )
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+    retries = int(err.split(" retries")[0].rsplit(" ", 1)[1])
+    assert retries > 0, "the faulty server should have forced at least one retry"
+
+
+def test_a_download_that_keeps_failing_fails_the_run(broken_server: str) -> None:
+    code, out, err = invoke("tiny", "-s", broken_server, "--retries", "1")
+    assert code == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: Download ")
+    assert "2 attempts" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_verbose_shows_the_traceback(broken_server: str) -> None:
+    code, _, err = invoke("tiny", "-s", broken_server, "--retries", "0", "--verbose")
+    assert code == 1
+    assert "Traceback" in err
+    assert err.splitlines()[-1].startswith("error: Download ")
+
+
+def test_unknown_export_is_a_usage_error(server: str) -> None:
+    code, out, err = invoke("huge", "-s", server)
+    assert code == 2
+    assert out == ""
+    assert err == "error: Unknown export 'huge'; the server offers: tiny, other.\n"
+
+
+def test_unreachable_server(tmp_path: Path) -> None:
+    code, out, err = invoke("demo", "-s", "http://127.0.0.1:9")
+    assert code == 1
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert "http://127.0.0.1:9" in err
+    assert "uv run server" in err
+
+
+def test_list_exports(server: str) -> None:
+    code, out, err = invoke("--list", "-s", server)
+    assert code == 0, err
+    assert json.loads(out) == {"export_ids": ["tiny", "other"]}
+
+
+def test_list_downloads(server: str) -> None:
+    code, out, err = invoke("other", "--list", "-s", server)
+    assert code == 0, err
+    listing = json.loads(out)
+    planned = TINY.downloads("other") or ()
+    assert listing["rows"] == sum(d.rows for d in planned)
+    assert listing["downloads"] == [d.metadata() for d in planned]
+
+
+def test_version() -> None:
+    code, out, _ = invoke("--version")
+    assert code == 0
+    assert out.startswith("cli ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tiny", "--concurrency", "0"],
+        ["tiny", "--retries", "-1"],
+        ["tiny", "--timeout", "0"],
+        ["tiny", "--bogus"],
+        ["tiny", "-e", "other"],
+        [],
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(args: list[str]) -> None:
+    code, out, err = invoke(*args)
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+
+
+def test_help_documents_every_option_with_examples() -> None:
+    code, out, _ = invoke("--help")
+    assert code == 0
+    assert "Examples:" in out
+    assert "--mock" in out
+    from typer.main import get_command
+
+    command = get_command(app)
+    for parameter in command.params:
+        if parameter.param_type_name == "option":
+            assert parameter.help, f"{parameter.name} has no help text"  # type: ignore[attr-defined]
+
+
+def test_mock_counts_demo_as_committed() -> None:
+    code, out, err = invoke("demo", "--mock")
+    assert code == 0, err
+    assert out == (ROOT / "demo.json").read_text()

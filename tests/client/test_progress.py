@@ -1,0 +1,58 @@
+"""The terminal progress line."""
+
+from __future__ import annotations
+
+import io
+
+from export_client._models import DownloadInfo
+from export_client._progress import TerminalProgress
+
+
+def info(name: str, rows: int) -> DownloadInfo:
+    return DownloadInfo(name, rows, ("P1",), ("t",), "", "")
+
+
+def test_shows_rows_of_the_announced_total_and_downloads_in_flight() -> None:
+    screen = io.StringIO()
+    progress = TerminalProgress(screen, interval=0)
+    progress.started([info("a", 600), info("b", 400)])
+    progress.download_started("a")
+    progress.download_started("b")
+    progress.counted("a", 250)
+    last = screen.getvalue().split("\r")[-1]
+    assert "250 / 1,000 rows (25%)" in last
+    assert "2 downloads in flight" in last
+    assert "rows/s" in last
+    assert "left" in last
+
+
+def test_a_retry_takes_back_its_rows_and_is_reported_on_its_own_line() -> None:
+    screen = io.StringIO()
+    progress = TerminalProgress(screen, interval=0)
+    progress.started([info("a", 100)])
+    progress.download_started("a")
+    progress.counted("a", 60)
+    progress.retrying("a", "the stream broke", 0.5, 60, 1000)
+    text = screen.getvalue()
+    assert "retrying a in 0.5s: the stream broke\n" in text
+    assert "0 / 100 rows" in text.split("\r")[-1]
+    assert "1 retries" in text.split("\r")[-1]
+
+
+def test_finished_clears_the_line() -> None:
+    screen = io.StringIO()
+    progress = TerminalProgress(screen, interval=0)
+    progress.started([info("a", 10)])
+    progress.finished()
+    assert screen.getvalue().endswith("\r")
+    assert screen.getvalue().split("\r")[-2].strip() == ""
+
+
+def test_redraws_are_throttled() -> None:
+    screen = io.StringIO()
+    progress = TerminalProgress(screen, interval=3600)
+    progress.started([info("a", 10)])
+    drawn = screen.getvalue()
+    for _ in range(100):
+        progress.counted("a", 0)
+    assert screen.getvalue() == drawn

@@ -1,0 +1,21 @@
+"""The package's public names: what `__all__` promises is there, sorted, and nothing private."""
+
+from __future__ import annotations
+
+import export_client
+
+
+def test_all_is_sorted_and_complete() -> None:
+    names = export_client.__all__
+    assert names == sorted(names, key=lambda name: (not name.isupper(), name))
+    for name in names:
+        assert hasattr(export_client, name), name
+        assert not name.startswith("_")
+
+
+def test_every_public_exception_derives_from_the_base() -> None:
+    for name in export_client.__all__:
+        value = getattr(export_client, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, export_client.ExportClientError), name
+            assert value.__doc__, f"{name} has no docstring"

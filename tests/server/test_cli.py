@@ -1,0 +1,134 @@
+import json
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from export_server._cli import app
+
+LISTENING = re.compile(r"^export server listening on (http://127\.0\.0\.1:(\d+))\n$")
+
+
+@contextmanager
+def server_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "export_server", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def read_line(process: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    assert process.stderr is not None
+    ready, _, _ = select.select([process.stderr], [], [], timeout)
+    assert ready, "the server printed nothing"
+    return process.stderr.readline()
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serves_then_stops_cleanly_on_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    with server_process("--port", "0", "--workers", "1", "--cache-dir", str(tmp_path)) as process:
+        match = LISTENING.match(read_line(process))
+        assert match, "unexpected first line"
+        base = match.group(1)
+        assert get_json(f"{base}/api/export") == {
+            "data": {"export_ids": ["demo", "small", "large"]}
+        }
+        # Leave a stream unfinished at the signal: its cache file must not survive.
+        small = get_json(f"{base}/api/export/small")
+        assert isinstance(small, dict)
+        download_id = small["data"]["download_ids"][0]
+        workers = _children_of(process.pid)
+        assert len(workers) == 1
+        with urllib.request.urlopen(f"{base}/api/export/small/{download_id}/data") as response:
+            response.read(10_000)
+            assert any(tmp_path.iterdir())
+            process.send_signal(signum)
+            assert process.wait(timeout=20) == 0
+        assert process.stderr is not None
+        rest = process.stderr.read()
+    assert "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
+    # The workers went with the server (and were reaped by it).
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True, check=True)
+    return [
+        int(child)
+        for child, parent in (line.split() for line in out.stdout.splitlines()[1:])
+        if parent == str(pid)
+    ]
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with server_process("--port", str(port), "--workers", "1") as process:
+            assert process.wait(timeout=20) == 1
+            assert process.stderr is not None
+            output = process.stderr.read()
+    assert output == f"error: Cannot listen on 127.0.0.1:{port}: the address is already in use.\n"
+
+
+def test_help_documents_every_option() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    for option in (
+        "--host",
+        "--port",
+        "--workers",
+        "--cache-dir",
+        "--fail-rate",
+        "--error-rate",
+        "--latency",
+        "--chaos-seed",
+        "--retry-after",
+        "--verbose",
+    ):
+        [line] = [
+            line for line in result.output.splitlines() if line.lstrip("│ ").startswith(option)
+        ]
+        assert re.search(r"\b[A-Z][a-z]+\b.* \w+", line.split(option, 1)[1]), line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fail-rate", "1.5"],
+        ["--error-rate", "-0.1"],
+        ["--workers", "0"],
+        ["--port", "70000"],
+        ["--latency", "-1"],
+    ],
+)
+def test_invalid_values_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "Invalid value" in result.output

@@ -1,0 +1,97 @@
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from export_server import Catalog, FaultConfig, generate_body, running_server
+
+
+async def read_data(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes, bool]:
+    """The status, the bytes received, and whether the stream ended properly."""
+    received = bytearray()
+    async with session.get(url) as response:
+        try:
+            async for chunk in response.content.iter_any():
+                received += chunk
+        except aiohttp.ClientPayloadError:
+            return response.status, bytes(received), False
+    return response.status, bytes(received), True
+
+
+async def test_error_rate_gives_503_with_retry_after(catalog: Catalog) -> None:
+    faults = FaultConfig(error_rate=1.0, retry_after=7)
+    with running_server(catalog=catalog, workers=1, faults=faults) as base:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/api/export", "/api/export/tiny", "/api/nothing"):
+                async with session.get(base + path) as response:
+                    assert response.status == 503
+                    assert response.headers["Retry-After"] == "7"
+                    assert "detail" in await response.json()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+async def test_fail_rate_cuts_data_streams(catalog: Catalog, tmp_path: Path, cached: bool) -> None:
+    download = (catalog.downloads("tiny") or [])[2]
+    expected = b"".join(generate_body(download))
+    if cached:
+        (tmp_path / f"{download.id}.csv").write_bytes(expected)
+    url = f"/api/export/tiny/{download.id}/data"
+    with running_server(
+        catalog=catalog, workers=1, cache_dir=tmp_path, faults=FaultConfig(fail_rate=1.0, seed=3)
+    ) as base:
+        async with aiohttp.ClientSession() as session:
+            cut_points = set()
+            for _ in range(5):
+                status, received, complete = await read_data(session, base + url)
+                assert status == 200
+                assert not complete
+                assert len(received) < len(expected)
+                assert expected.startswith(received)
+                cut_points.add(len(received))
+            # The cut falls at a random place, not always the same one.
+            assert len(cut_points) > 1
+            async with session.get(f"{base}/api/export/tiny") as response:
+                assert response.status == 200
+    # A cut stream is never cached as if it were complete.
+    assert os.listdir(tmp_path) == ([f"{download.id}.csv"] if cached else [])
+
+
+async def test_latency_delays_every_response(catalog: Catalog) -> None:
+    with running_server(catalog=catalog, workers=1, faults=FaultConfig(latency=0.3)) as base:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/api/export", "/api/nothing"):
+                start = time.monotonic()
+                async with session.get(base + path) as response:
+                    await response.read()
+                assert time.monotonic() - start >= 0.3
+
+
+async def fault_trace(catalog: Catalog, seed: int) -> list[tuple[str, int, bytes, bool]]:
+    downloads = catalog.downloads("tiny") or []
+    paths = ["/api/export", "/api/export/tiny"] + [
+        f"/api/export/tiny/{d.id}/data" for d in downloads
+    ]
+    faults = FaultConfig(fail_rate=0.5, error_rate=0.3, seed=seed)
+    with running_server(catalog=catalog, workers=1, faults=faults) as base:
+        async with aiohttp.ClientSession() as session:
+            return [
+                (path, *await read_data(session, base + path)) for _ in range(4) for path in paths
+            ]
+
+
+async def test_a_seed_replays_the_same_faults(catalog: Catalog) -> None:
+    first = await fault_trace(catalog, seed=11)
+    assert first == await fault_trace(catalog, seed=11)
+    assert first != await fault_trace(catalog, seed=12)
+    assert any(status == 503 for _, status, _, _ in first)
+    assert any(not complete for *_, complete in first)
+    assert any(status == 200 and complete for _, status, _, complete in first)
+
+
+def test_rates_are_validated() -> None:
+    with pytest.raises(ValueError, match="fail_rate"):
+        FaultConfig(fail_rate=1.5)
+    with pytest.raises(ValueError, match="error_rate"):
+        FaultConfig(error_rate=-0.1)
