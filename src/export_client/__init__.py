@@ -6,32 +6,66 @@
 {'bp_dia': 9372, 'bp_sys': 9412}
 """
 
-from ._client import DEFAULT_CONCURRENCY, DEFAULT_SERVER, ExportClient, count_export
-from ._counting import BlockCount, CsvLayout, DownloadCounter, count_block
-from ._exceptions import (
-    CsvFormatError,
-    DownloadError,
-    DownloadFailedError,
-    ExportClientError,
-    IncompleteDownloadError,
-    MalformedDownloadError,
-    ServerResponseError,
-    ServerUnreachableError,
-    UnknownExportError,
-)
-from ._lines import LineSplitter
-from ._mock import MockServerError, mock_server
-from ._models import DownloadInfo, DownloadReport, ExportReport
-from ._progress import NoProgress, ProgressListener, TerminalProgress
-from ._results import DownloadCount, ExportCount, merge_counts
-from ._retry import RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._client import DEFAULT_CONCURRENCY, DEFAULT_SERVER, ExportClient, count_export
+    from ._counting import BlockCount, CsvLayout, DownloadCounter, count_block
+    from ._exceptions import (
+        CsvFormatError,
+        DownloadError,
+        DownloadFailedError,
+        ExportClientError,
+        IncompleteDownloadError,
+        MalformedDownloadError,
+        ServerResponseError,
+        ServerUnreachableError,
+        UnknownExportError,
+    )
+    from ._lines import LineSplitter
+    from ._mock import MockServerError, mock_server
+    from ._models import DownloadInfo, DownloadReport, ExportReport
+    from ._parallel import CountingWorkerError
+    from ._progress import NoProgress, ProgressListener, TerminalProgress
+    from ._results import DownloadCount, ExportCount, merge_counts
+    from ._retry import RetryPolicy
 
 __version__ = "0.1.0"
+
+# Imported on first use: a counting worker process imports this package too, and must not
+# pay for aiohttp and the rest of the client to count blocks.
+_MODULES = {
+    "_client": ("DEFAULT_CONCURRENCY", "DEFAULT_SERVER", "ExportClient", "count_export"),
+    "_counting": ("BlockCount", "CsvLayout", "DownloadCounter", "count_block"),
+    "_exceptions": (
+        "CsvFormatError",
+        "DownloadError",
+        "DownloadFailedError",
+        "ExportClientError",
+        "IncompleteDownloadError",
+        "MalformedDownloadError",
+        "ServerResponseError",
+        "ServerUnreachableError",
+        "UnknownExportError",
+    ),
+    "_lines": ("LineSplitter",),
+    "_mock": ("MockServerError", "mock_server"),
+    "_models": ("DownloadInfo", "DownloadReport", "ExportReport"),
+    "_parallel": ("CountingWorkerError",),
+    "_progress": ("NoProgress", "ProgressListener", "TerminalProgress"),
+    "_results": ("DownloadCount", "ExportCount", "merge_counts"),
+    "_retry": ("RetryPolicy",),
+}
+_HOMES = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_SERVER",
     "BlockCount",
+    "CountingWorkerError",
     "CsvFormatError",
     "CsvLayout",
     "DownloadCount",
@@ -60,3 +94,16 @@ __all__ = [
     "merge_counts",
     "mock_server",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'export_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -74,7 +74,7 @@ class ExportClient:
             # must never time out, a stalled one must.
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
             connector=aiohttp.TCPConnector(limit=self.concurrency + 4),
-            read_bufsize=1 << 20,
+            read_bufsize=1 << 18,
         )
         return self
 
@@ -130,23 +130,21 @@ class ExportClient:
         """
         started = time.perf_counter()
         downloads = await self.downloads(export_id)
-        counting = self._counting_for(downloads)
         self.progress.started(downloads)
         try:
-            orchestrator = Orchestrator(
-                api=self.api,
-                export_id=export_id,
-                concurrency=self.concurrency,
-                policy=self.policy,
-                counting=counting,
-                progress=self.progress,
-                strict=self.strict,
-                max_line_bytes=self.max_line_bytes,
-            )
-            counted = await orchestrator.run(downloads)
+            async with self._counting_for(downloads) as counting:
+                orchestrator = Orchestrator(
+                    api=self.api,
+                    export_id=export_id,
+                    concurrency=self.concurrency,
+                    policy=self.policy,
+                    counting=counting,
+                    progress=self.progress,
+                    strict=self.strict,
+                    max_line_bytes=self.max_line_bytes,
+                )
+                counted = await orchestrator.run(downloads)
         finally:
-            if isinstance(counting, PoolCounting):
-                counting.close()
             self.progress.finished()
         reports = tuple(item.report for item in counted)
         warnings = []

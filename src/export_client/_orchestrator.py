@@ -73,7 +73,7 @@ class Orchestrator:
     progress: ProgressListener
     strict: bool = False
     max_line_bytes: int = 1 << 20
-    block_bytes: int = 1 << 20
+    block_bytes: int = 1 << 18
     max_pending_blocks: int = 2
 
     async def run(self, downloads: Sequence[DownloadInfo]) -> list[CountedDownload]:
@@ -149,7 +149,7 @@ class Orchestrator:
             return
         layout = current.counter.layout
         assert layout is not None, "split() returns data lines only after the header"
-        pending.append(self.counting.count(block, layout))
+        pending.append(await self.counting.submit(block, layout))
         # A bounded queue of blocks in flight keeps memory flat however fast the
         # network is compared with the counting.
         while len(pending) > self.max_pending_blocks:

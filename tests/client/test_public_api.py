@@ -19,3 +19,18 @@ def test_every_public_exception_derives_from_the_base() -> None:
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, export_client.ExportClientError), name
             assert value.__doc__, f"{name} has no docstring"
+
+
+def test_every_public_name_is_importable_lazily_from_its_home() -> None:
+    from export_client import _HOMES  # type: ignore[attr-defined]
+
+    assert sorted(_HOMES) == sorted(export_client.__all__)
+
+
+def test_the_counting_core_imports_without_the_network_stack() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, export_client._worker; print('aiohttp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

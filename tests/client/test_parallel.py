@@ -1,0 +1,85 @@
+"""Counting in worker processes gives what counting inline gives, and fails loudly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from export_client._counting import BlockCount, CsvLayout, count_block
+from export_client._parallel import CountingWorkerError, InlineCounting, PoolCounting
+
+LAYOUT = CsvLayout(field_count=4, patient_index=0, event_type_index=2)
+
+
+def block(seed: int, rows: int = 2000) -> bytes:
+    lines = [
+        f"P{(seed * 7 + i) % 5},2025-08-26T00:00:{i % 60:02d}.5Z,{('hr', 'spo2')[i % 2]},{i}\n"
+        for i in range(rows)
+    ]
+    lines[seed % rows] = "broken,row\n"
+    return "".join(lines).encode()
+
+
+async def ready(pool: PoolCounting) -> None:
+    """Waits until the pool's workers are up, so blocks really go to them."""
+    assert pool._starting is not None
+    await pool._starting
+
+
+async def test_inline_counting_is_count_block() -> None:
+    async with InlineCounting() as counting:
+        result = await (await counting.submit(block(1), LAYOUT))
+    assert result == count_block(block(1), LAYOUT)
+
+
+async def test_pool_counts_exactly_as_inline() -> None:
+    blocks = [block(seed) for seed in range(12)]
+    async with PoolCounting(2) as pool:
+        await ready(pool)
+        futures = [await pool.submit(data, LAYOUT) for data in blocks]
+        results = [await future for future in futures]
+        assert {worker.process.pid for worker in pool._workers} == {
+            worker.process.pid for worker in pool._workers if worker.process.poll() is None
+        }
+    assert results == [count_block(data, LAYOUT) for data in blocks]
+    assert all(isinstance(result, BlockCount) for result in results)
+
+
+async def test_blocks_are_counted_inline_until_the_workers_are_up() -> None:
+    async with PoolCounting(1) as pool:
+        future = await pool.submit(block(3), LAYOUT)
+        assert pool._workers == []
+        assert asyncio.isfuture(future)
+        assert future.done()
+        assert future.result() == count_block(block(3), LAYOUT)
+
+
+async def test_blocks_in_flight_are_bounded() -> None:
+    async with PoolCounting(2, depth=1) as pool:
+        await ready(pool)
+        most = 0
+        futures = []
+        for seed in range(20):
+            futures.append(await pool.submit(block(seed, rows=20000), LAYOUT))
+            most = max(most, *(len(worker.pending) for worker in pool._workers))
+        await asyncio.gather(*futures)
+    assert most == 1
+
+
+async def test_workers_stop_when_the_pool_closes() -> None:
+    async with PoolCounting(2) as pool:
+        await ready(pool)
+        processes = [worker.process for worker in pool._workers]
+    assert all(process.poll() == 0 for process in processes)
+
+
+async def test_a_worker_that_dies_fails_its_blocks() -> None:
+    async with PoolCounting(1) as pool:
+        await ready(pool)
+        worker = pool._workers[0]
+        worker.process.kill()
+        worker.process.wait()
+        future = await pool.submit(block(1), LAYOUT)
+        with pytest.raises(CountingWorkerError, match="stopped"):
+            await future
