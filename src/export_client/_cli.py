@@ -122,8 +122,8 @@ def cli(
         typer.Option(
             "--workers",
             min=0,
-            help="Processes that count blocks; 0 counts in the main process. "
-            "Default: every core for exports of a million rows or more, else 0.",
+            help="Processes that count when the main process cannot keep up with the network; "
+            "0 counts in the main process only. Default: one per core.",
             show_default=False,
         ),
     ] = None,

@@ -15,7 +15,7 @@ from ._exceptions import ServerResponseError, ServerUnreachableError, UnknownExp
 from ._http import ConnectError, ExportAPI, TransientError
 from ._models import DownloadInfo, ExportReport
 from ._orchestrator import Orchestrator, run_all
-from ._parallel import BlockCounting, InlineCounting, PoolCounting
+from ._parallel import AdaptiveCounting, BlockCounting, InlineCounting
 from ._progress import NoProgress, ProgressListener
 from ._results import merge_counts
 from ._retry import RetryPolicy
@@ -23,8 +23,6 @@ from ._retry import RetryPolicy
 DEFAULT_SERVER = "http://localhost:8000"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT = 60.0
-# Below this many rows a pool's start-up costs more than the cores it adds.
-POOL_THRESHOLD_ROWS = 1_000_000
 
 T = TypeVar("T")
 
@@ -132,7 +130,7 @@ class ExportClient:
         downloads = await self.downloads(export_id)
         self.progress.started(downloads)
         try:
-            async with self._counting_for(downloads) as counting:
+            async with self._counting_for() as counting:
                 orchestrator = Orchestrator(
                     api=self.api,
                     export_id=export_id,
@@ -172,12 +170,9 @@ class ExportClient:
             warnings=tuple(warnings),
         )
 
-    def _counting_for(self, downloads: list[DownloadInfo]) -> BlockCounting:
-        workers = self.workers
-        if workers is None:
-            big = sum(download.rows for download in downloads) >= POOL_THRESHOLD_ROWS
-            workers = (os.cpu_count() or 1) if big else 0
-        return PoolCounting(workers) if workers >= 1 else InlineCounting()
+    def _counting_for(self) -> BlockCounting:
+        workers = (os.cpu_count() or 1) if self.workers is None else self.workers
+        return AdaptiveCounting(workers) if workers >= 1 else InlineCounting()
 
     async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:
         for attempt in range(1, self.policy.attempts + 1):

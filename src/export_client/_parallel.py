@@ -14,6 +14,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -105,6 +106,79 @@ class PoolCounting:
             ) from failures[0]
         self._workers = workers
         return workers
+
+
+class AdaptiveCounting:
+    """Counts inline while that keeps up with the network, in a `PoolCounting` when it does not.
+
+    Sending a block to a worker costs the event loop a copy through the kernel, and the
+    workers cost memory and start-up. Against a slow source (a server still generating its
+    data) inline counting is idle most of the time and the pool would only add that cost,
+    which on a shared machine comes out of the server's cores. So the pool starts only when
+    counting would take most of the event loop's time: input arriving faster than `share`
+    of the rate at which this process counts.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        share: float = 0.6,
+        window: float = 0.25,
+    ) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._share = share
+        self._window = window
+        self._inline = InlineCounting()
+        self._pool: PoolCounting | None = None
+        self._offloading = False
+        # Bytes per second that count_block reaches in this process, and the input rate,
+        # measured over windows of `window` seconds.
+        self._capacity = 0.0
+        self._window_start = time.perf_counter()
+        self._window_bytes = 0
+
+    @property
+    def offloading(self) -> bool:
+        """Whether blocks currently go to the worker processes."""
+        return self._offloading
+
+    async def __aenter__(self) -> AdaptiveCounting:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            await self._pool.__aexit__(*exc_info)
+            self._pool = None
+
+    async def submit(self, block: bytes, layout: CsvLayout) -> Awaitable[BlockCount]:
+        self._measure_input(len(block))
+        if self._offloading:
+            if self._pool is None:
+                self._pool = await PoolCounting(self.workers).__aenter__()
+            return await self._pool.submit(block, layout)
+        started = time.perf_counter()
+        counted = await self._inline.submit(block, layout)
+        elapsed = time.perf_counter() - started
+        if elapsed > 0:
+            rate = len(block) / elapsed
+            self._capacity = rate if not self._capacity else 0.8 * self._capacity + 0.2 * rate
+        return counted
+
+    def _measure_input(self, size: int) -> None:
+        self._window_bytes += size
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        if elapsed < self._window or not self._capacity:
+            return
+        load = self._window_bytes / elapsed / self._capacity
+        # Some hysteresis, so that a run near the threshold does not flap.
+        if load > self._share:
+            self._offloading = True
+        elif load < self._share * 0.5:
+            self._offloading = False
+        self._window_start = now
+        self._window_bytes = 0
 
 
 class _Worker:

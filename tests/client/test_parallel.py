@@ -7,7 +7,12 @@ import asyncio
 import pytest
 
 from export_client._counting import BlockCount, CsvLayout, count_block
-from export_client._parallel import CountingWorkerError, InlineCounting, PoolCounting
+from export_client._parallel import (
+    AdaptiveCounting,
+    CountingWorkerError,
+    InlineCounting,
+    PoolCounting,
+)
 
 LAYOUT = CsvLayout(field_count=4, patient_index=0, event_type_index=2)
 
@@ -83,3 +88,24 @@ async def test_a_worker_that_dies_fails_its_blocks() -> None:
         future = await pool.submit(block(1), LAYOUT)
         with pytest.raises(CountingWorkerError, match="stopped"):
             await future
+
+
+async def test_adaptive_counting_stays_inline_for_a_slow_source() -> None:
+    async with AdaptiveCounting(2, window=0.01) as counting:
+        for seed in range(5):
+            future = await counting.submit(block(seed), LAYOUT)
+            assert future.done()
+            assert future.result() == count_block(block(seed), LAYOUT)
+            await asyncio.sleep(0.05)  # input far slower than counting
+        assert not counting.offloading
+        assert counting._pool is None
+
+
+async def test_adaptive_counting_offloads_when_counting_cannot_keep_up() -> None:
+    blocks = [block(seed, rows=5000) for seed in range(40)]
+    async with AdaptiveCounting(2, share=0.01, window=0.0) as counting:
+        futures = [await counting.submit(data, LAYOUT) for data in blocks]
+        results = [await future for future in futures]
+        assert counting.offloading
+        assert counting._pool is not None
+    assert results == [count_block(data, LAYOUT) for data in blocks]
