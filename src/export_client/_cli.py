@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import traceback
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 import typer
@@ -59,6 +61,13 @@ class OneLineErrors(TyperCommand):
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+def _server_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cli {__version__}")
@@ -78,7 +87,13 @@ def cli(
     ] = None,
     server: Annotated[
         str,
-        typer.Option("-s", "--server", envvar=SERVER_ENV, help="Base URL of the export server."),
+        typer.Option(
+            "-s",
+            "--server",
+            envvar=SERVER_ENV,
+            callback=_server_url,
+            help="Base URL of the export server.",
+        ),
     ] = DEFAULT_SERVER,
     mock: Annotated[
         bool,
@@ -122,8 +137,8 @@ def cli(
         typer.Option(
             "--workers",
             min=0,
-            help="Processes that count when the main process cannot keep up with the network; "
-            "0 counts in the main process only. Default: one per core.",
+            help="Count in N worker processes; 0 counts in the main process only. Default: "
+            "in the main process while it keeps up with the network, else one worker per core.",
             show_default=False,
         ),
     ] = None,
@@ -187,10 +202,10 @@ def cli(
                 progress=progress,
             )
             if list_:
-                document = asyncio.run(_listing(client, chosen))
-                _emit(document, output)
-                return
-            report = asyncio.run(_count(client, chosen))  # type: ignore[arg-type]
+                listing = asyncio.run(_listing(client, chosen))
+            else:
+                assert chosen is not None
+                report = asyncio.run(_count(client, chosen))
     except UnknownExportError as error:
         _fail(error, verbose, code=2)
     except ExportClientError as error:
@@ -199,7 +214,10 @@ def cli(
         _fail(None, verbose, code=130)
     except Exception as error:
         _fail(error, verbose, code=1, bug=True)
-    _present(report, output=output, time_=time_, quiet=quiet, verbose=verbose)
+    if list_:
+        _emit(listing, output)
+    else:
+        _present(report, output=output, time_=time_, quiet=quiet, verbose=verbose)
 
 
 async def _count(client: ExportClient, export_id: str) -> ExportReport:
@@ -249,8 +267,14 @@ def _present(
 
 def _emit(document: bytes, output: Path | None) -> None:
     if output is None:
-        sys.stdout.buffer.write(document)
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(document)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader left (`cli ... | head`): nothing more to tell it, and no traceback
+            # from the interpreter's own flush at exit either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
     else:
         try:
             write_atomically(output, document)

@@ -7,7 +7,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -15,7 +16,7 @@ from ._exceptions import ServerResponseError, ServerUnreachableError, UnknownExp
 from ._http import ConnectError, ExportAPI, TransientError
 from ._models import DownloadInfo, ExportReport
 from ._orchestrator import Orchestrator, run_all
-from ._parallel import AdaptiveCounting, BlockCounting, InlineCounting
+from ._parallel import AdaptiveCounting, BlockCounting, InlineCounting, PoolCounting
 from ._progress import NoProgress, ProgressListener
 from ._results import merge_counts
 from ._retry import RetryPolicy
@@ -50,6 +51,9 @@ class ExportClient:
         max_line_bytes: int = 1 << 20,
         progress: ProgressListener | None = None,
     ) -> None:
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server must be an http:// or https:// URL, not {server!r}")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if timeout <= 0:
@@ -72,7 +76,7 @@ class ExportClient:
             # must never time out, a stalled one must.
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
             connector=aiohttp.TCPConnector(limit=self.concurrency + 4),
-            read_bufsize=1 << 18,
+            read_bufsize=1 << 17,
         )
         return self
 
@@ -171,8 +175,9 @@ class ExportClient:
         )
 
     def _counting_for(self) -> BlockCounting:
-        workers = (os.cpu_count() or 1) if self.workers is None else self.workers
-        return AdaptiveCounting(workers) if workers >= 1 else InlineCounting()
+        if self.workers is None:
+            return AdaptiveCounting(len(os.sched_getaffinity(0)))
+        return PoolCounting(self.workers) if self.workers else InlineCounting()
 
     async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:
         for attempt in range(1, self.policy.attempts + 1):
@@ -190,11 +195,11 @@ class ExportClient:
         raise AssertionError("unreachable: the last attempt either returns or raises")
 
 
-def count_export(export_id: str, server: str = DEFAULT_SERVER, **options: object) -> ExportReport:
+def count_export(export_id: str, server: str = DEFAULT_SERVER, **options: Any) -> ExportReport:
     """Counts an export from synchronous code; `options` are those of `ExportClient`."""
 
     async def run() -> ExportReport:
-        async with ExportClient(server, **options) as client:  # type: ignore[arg-type]
+        async with ExportClient(server, **options) as client:
             return await client.count(export_id)
 
     return asyncio.run(run())

@@ -89,8 +89,11 @@ class ExportAPI:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ServerResponseError(
-                f"{url} returned metadata without a valid {error}: {data!r:.200}"
+                f"{url} returned metadata the client cannot read "
+                f"({type(error).__name__}: {error}): {data!r:.200}"
             ) from None
+        if info.id != download_id:
+            raise ServerResponseError(f"{url} returned the metadata of download {info.id!r}.")
         if info.rows < 0:
             raise ServerResponseError(f"{url} announced a negative row count ({info.rows}).")
         return info
@@ -125,7 +128,7 @@ class ExportAPI:
                 if response.status != 200:
                     raise await _status_error(url, response, missing)
                 yield response
-        except aiohttp.ClientConnectorError as error:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ConnectError(_describe(error)) from error
         except (TimeoutError, aiohttp.ClientError) as error:
             raise TransientError(f"GET {url} failed: {_describe(error)}") from error

@@ -30,6 +30,7 @@ def mock_server(*, show_log: bool = False, start_timeout: float = 30.0) -> Itera
         text=True,
     )
     assert process.stderr is not None
+    drain: threading.Thread | None = None
     try:
         url = _wait_for_url(process, process.stderr, start_timeout)
         # The server keeps logging; an unread pipe would fill up and block it.
@@ -45,7 +46,12 @@ def mock_server(*, show_log: bool = False, start_timeout: float = 30.0) -> Itera
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stderr.close()
+        # A straggler that inherited the pipe would keep the reader blocked, and closing
+        # the pipe under a blocked reader would block too: leave that one to exit.
+        if drain is not None:
+            drain.join(timeout=2)
+        if drain is None or not drain.is_alive():
+            process.stderr.close()
 
 
 def _wait_for_url(process: subprocess.Popen[str], log: IO[str], timeout: float) -> str:

@@ -17,7 +17,7 @@ from ._exceptions import (
 )
 from ._http import ExportAPI, TransientError
 from ._models import DownloadInfo, DownloadReport
-from ._parallel import BlockCounting
+from ._parallel import BlockCounting, CountingWorkerError
 from ._progress import ProgressListener
 from ._results import DownloadCount
 from ._retry import RetryPolicy
@@ -73,7 +73,7 @@ class Orchestrator:
     progress: ProgressListener
     strict: bool = False
     max_line_bytes: int = 1 << 20
-    block_bytes: int = 1 << 18
+    block_bytes: int = 1 << 17
     max_pending_blocks: int = 2
 
     async def run(self, downloads: Sequence[DownloadInfo]) -> list[CountedDownload]:
@@ -96,6 +96,8 @@ class Orchestrator:
                         )
                 except CsvFormatError as error:
                     raise MalformedDownloadError(info.id, str(error)) from error
+                except CountingWorkerError as error:
+                    raise DownloadFailedError(info.id, str(error)) from error
                 except (TransientError, _ShortDownload) as error:
                     if attempt == self.policy.attempts:
                         raise self._failure(info, error, attempt) from error
@@ -122,7 +124,7 @@ class Orchestrator:
                     buffer.append(chunk)
                     buffered += len(chunk)
                     # Counting per network read would pay the per-block overhead
-                    # thousands of times; batching to ~1 MiB keeps it negligible.
+                    # thousands of times; batching to `block_bytes` keeps it negligible.
                     if buffered >= self.block_bytes:
                         await self._submit(info, current, b"".join(buffer), pending)
                         buffer.clear()
@@ -131,7 +133,13 @@ class Orchestrator:
                 await self._submit(info, current, b"".join(buffer), pending)
             while pending:
                 self._add(info, current, await pending.popleft())
-            current.counter.finish()
+            try:
+                current.counter.finish()
+            except CsvFormatError as error:
+                if current.counter.layout is not None:
+                    raise
+                # The body ended before its header did: a short body, like any other cut.
+                raise _ShortDownload(f"the body ended inside its header ({error})") from error
         finally:
             for block in pending:
                 if isinstance(block, asyncio.Future):

@@ -58,14 +58,18 @@ class InlineCounting:
 class PoolCounting:
     """Counts blocks in worker processes, so that counting uses every core.
 
-    Use it as an async context manager. The workers start in the background; until they are
-    up, blocks are counted inline, so starting them never holds a download up.
+    Use it as an async context manager; it starts the workers on entry and stops them on
+    exit. With `inline_until_ready`, blocks that arrive while the workers are still starting
+    are counted inline, so starting them never holds a download up.
     """
 
-    def __init__(self, workers: int | None = None, *, depth: int = 2) -> None:
+    def __init__(
+        self, workers: int | None = None, *, depth: int = 2, inline_until_ready: bool = False
+    ) -> None:
         self.size = workers or os.cpu_count() or 1
         # Two blocks per worker: one being counted, one arriving; more would only hold memory.
         self._room = asyncio.Semaphore(self.size * depth)
+        self._inline_until_ready = inline_until_ready
         self._workers: list[_Worker] = []
         self._starting: asyncio.Task[list[_Worker]] | None = None
         self._inline = InlineCounting()
@@ -79,14 +83,18 @@ class PoolCounting:
         if starting is not None:
             # Process start-up cannot be interrupted; let it finish, then stop what started.
             await asyncio.wait([starting])
+            if not starting.cancelled():
+                starting.exception()  # reported by submit() if anyone asked; not twice
         await asyncio.gather(*(worker.stop() for worker in self._workers))
         self._workers = []
 
     async def submit(self, block: bytes, layout: CsvLayout) -> Awaitable[BlockCount]:
         if not self._workers:
-            if self._starting is None or not self._starting.done():
+            if self._starting is None:
+                raise RuntimeError("use PoolCounting as an async context manager")
+            if self._inline_until_ready and not self._starting.done():
                 return await self._inline.submit(block, layout)
-            self._starting.result()  # the workers failed to start: say why
+            await self._starting  # raises CountingWorkerError if the workers did not start
         await self._room.acquire()
         # With fewer blocks out than room for them, the least loaded worker has room.
         worker = min(self._workers, key=lambda candidate: len(candidate.pending))
@@ -114,16 +122,17 @@ class AdaptiveCounting:
     Sending a block to a worker costs the event loop a copy through the kernel, and the
     workers cost memory and start-up. Against a slow source (a server still generating its
     data) inline counting is idle most of the time and the pool would only add that cost,
-    which on a shared machine comes out of the server's cores. So the pool starts only when
-    counting would take most of the event loop's time: input arriving faster than `share`
-    of the rate at which this process counts.
+    which on a shared machine comes out of the server's cores. So blocks go to the workers
+    only while counting would take more than `share` of the event loop's time: measured
+    directly while counting inline, and estimated from the input rate and the inline
+    counting rate while the workers count.
     """
 
     def __init__(
         self,
         workers: int | None = None,
         *,
-        share: float = 0.6,
+        share: float = 0.5,
         window: float = 0.25,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
@@ -132,11 +141,10 @@ class AdaptiveCounting:
         self._inline = InlineCounting()
         self._pool: PoolCounting | None = None
         self._offloading = False
-        # Bytes per second that count_block reaches in this process, and the input rate,
-        # measured over windows of `window` seconds.
-        self._capacity = 0.0
+        self._capacity = 0.0  # bytes per second that count_block reaches in this process
         self._window_start = time.perf_counter()
         self._window_bytes = 0
+        self._window_counting = 0.0  # seconds spent counting inline in this window
 
     @property
     def offloading(self) -> bool:
@@ -152,33 +160,36 @@ class AdaptiveCounting:
             self._pool = None
 
     async def submit(self, block: bytes, layout: CsvLayout) -> Awaitable[BlockCount]:
-        self._measure_input(len(block))
+        self._decide(len(block))
         if self._offloading:
             if self._pool is None:
-                self._pool = await PoolCounting(self.workers).__aenter__()
+                pool = PoolCounting(self.workers, inline_until_ready=True)
+                self._pool = await pool.__aenter__()
             return await self._pool.submit(block, layout)
         started = time.perf_counter()
         counted = await self._inline.submit(block, layout)
         elapsed = time.perf_counter() - started
+        self._window_counting += elapsed
         if elapsed > 0:
             rate = len(block) / elapsed
             self._capacity = rate if not self._capacity else 0.8 * self._capacity + 0.2 * rate
         return counted
 
-    def _measure_input(self, size: int) -> None:
+    def _decide(self, size: int) -> None:
         self._window_bytes += size
         now = time.perf_counter()
         elapsed = now - self._window_start
         if elapsed < self._window or not self._capacity:
             return
-        load = self._window_bytes / elapsed / self._capacity
-        # Some hysteresis, so that a run near the threshold does not flap.
-        if load > self._share:
-            self._offloading = True
-        elif load < self._share * 0.5:
-            self._offloading = False
+        if self._offloading:
+            # What inline counting would cost now; half the threshold, so it does not flap.
+            busy = self._window_bytes / self._capacity / elapsed
+            self._offloading = busy > self._share / 2
+        else:
+            self._offloading = self._window_counting / elapsed > self._share
         self._window_start = now
         self._window_bytes = 0
+        self._window_counting = 0.0
 
 
 class _Worker:
@@ -202,21 +213,31 @@ class _Worker:
     async def start(cls, on_reply: Callable[[], None]) -> _Worker:
         """Starts a worker process; `on_reply` is called once per block it has answered."""
         ours, theirs = socket.socketpair()
-        with theirs:
-            # A fresh interpreter that imports only the counting core: a fork would copy
-            # this process's threads and event loop, multiprocessing would re-import the
-            # CLI in every worker.
-            process = await asyncio.to_thread(
-                subprocess.Popen,
-                [sys.executable, "-m", "export_client._worker", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-            )
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        process = None
+        try:
+            with theirs:
+                # A fresh interpreter that imports only the counting core: a fork would copy
+                # this process's threads and event loop, multiprocessing would re-import the
+                # CLI in every worker.
+                process = await asyncio.to_thread(
+                    subprocess.Popen,
+                    [sys.executable, "-m", "export_client._worker", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                )
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            if process is not None:
+                process.kill()
+                await asyncio.to_thread(process.wait)
+            raise
         return cls(process, reader, writer, on_reply)
 
     async def submit(self, block: bytes, layout: CsvLayout) -> Awaitable[BlockCount]:
         future: asyncio.Future[BlockCount] = asyncio.get_running_loop().create_future()
+        # Whoever gave up on this block (a retry, a failed run) need not read its error.
+        future.add_done_callback(_mark_read)
         if self._replies.done():
             self._on_reply()
             future.set_exception(CountingWorkerError("A counting worker process has stopped."))
@@ -234,27 +255,52 @@ class _Worker:
         return future
 
     async def _read_replies(self) -> None:
+        failure: BaseException | None = None
         try:
             while True:
                 (size,) = REPLY.unpack(await self._reader.readexactly(REPLY.size))
                 reply = pickle.loads(await self._reader.readexactly(size))
                 future = self.pending.popleft()
                 self._on_reply()
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(reply, str):
+                    future.set_exception(CountingWorkerError(f"Counting a block failed: {reply}"))
+                else:
                     future.set_result(reply)
-        except (asyncio.IncompleteReadError, ConnectionError) as error:
-            failure = CountingWorkerError(
-                f"A counting worker process stopped (exit code {self.process.poll()})."
-            )
-            failure.__cause__ = error
-            while self.pending:
-                future = self.pending.popleft()
-                self._on_reply()
-                if not future.done():
-                    future.set_exception(failure)
+        except asyncio.IncompleteReadError as error:
+            failure = error  # end of file: the worker exited
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            # Whatever ended the replies, no block may wait for ever, nor hold its room.
+            if self.pending:
+                code = await self._exit_code()
+                stopped = CountingWorkerError(
+                    f"A counting worker process stopped (exit code {code})."
+                )
+                stopped.__cause__ = failure
+                while self.pending:
+                    future = self.pending.popleft()
+                    self._on_reply()
+                    if not future.done():
+                        future.set_exception(stopped)
+
+    async def _exit_code(self) -> int | None:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self.process.wait), 1)
+        except (TimeoutError, asyncio.CancelledError):
+            return self.process.poll()
 
     async def stop(self) -> None:
-        self._writer.close()  # the worker reads end of file and exits
+        """Lets the worker answer what it has, then waits for it to exit."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            # End of file on the worker's side: it answers what it has read, then exits.
+            self._writer.write_eof()
+        with contextlib.suppress(TimeoutError, ConnectionError, CountingWorkerError):
+            await asyncio.wait_for(asyncio.shield(self._replies), 5)
+        self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
         try:
@@ -264,3 +310,8 @@ class _Worker:
             await asyncio.to_thread(self.process.wait)
         self._replies.cancel()
         await asyncio.gather(self._replies, return_exceptions=True)
+
+
+def _mark_read(future: asyncio.Future[BlockCount]) -> None:
+    if not future.cancelled():
+        future.exception()

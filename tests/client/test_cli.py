@@ -44,10 +44,27 @@ TINY = Catalog(
 )
 
 
-def expected_json(export_id: str) -> str:
+# Big enough for several blocks per download, so that worker processes really count.
+MEDIUM = Catalog(
+    [
+        ExportSpec(
+            id="medium",
+            downloads=3,
+            min_rows=20_000,
+            max_rows=30_000,
+            event_types=("heart_rate", "spo2", "bp_sys"),
+            patient_pool=("M001", "M002", "M003", "M004"),
+            first_start=datetime(2025, 8, 26),
+            step=timedelta(milliseconds=300),
+        )
+    ]
+)
+
+
+def expected_json(export_id: str, catalog: Catalog = TINY) -> str:
     """The counts, by an oracle independent of the client: csv.reader over the bodies."""
     pairs: Counter[tuple[str, str]] = Counter()
-    for download in TINY.downloads(export_id) or ():
+    for download in catalog.downloads(export_id) or ():
         body = b"".join(generate_body(download)).decode()
         for row in csv.DictReader(io.StringIO(body)):
             pairs[row["patient_id"], row["event_type"]] += 1
@@ -69,6 +86,19 @@ def server() -> Iterator[str]:
 def faulty_server() -> Iterator[str]:
     faults = FaultConfig(fail_rate=0.5, error_rate=0.2, seed=7, retry_after=0)
     with running_server(catalog=TINY, workers=1, faults=faults) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def faulty_medium_server() -> Iterator[str]:
+    faults = FaultConfig(fail_rate=0.5, error_rate=0.2, seed=11, retry_after=0)
+    with running_server(catalog=MEDIUM, workers=2, faults=faults) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[str]:
+    with running_server(catalog=TINY, workers=1, faults=FaultConfig(latency=1.0)) as url:
         yield url
 
 
@@ -155,6 +185,44 @@ def test_faulty_server_still_gives_exact_counts(faulty_server: str) -> None:
     assert retries > 0, "the faulty server should have forced at least one retry"
 
 
+def test_worker_processes_with_retries_give_exact_counts(faulty_medium_server: str) -> None:
+    code, out, err = invoke(
+        "medium",
+        "-s",
+        faulty_medium_server,
+        "--workers",
+        "2",
+        "--retries",
+        "10",
+        "--backoff",
+        "0.01",
+        "-c",
+        "3",
+        "--time",
+    )
+    assert code == 0, err
+    assert out == expected_json("medium", MEDIUM) + "\n"
+    retries = int(err.split(" retries")[0].rsplit(" ", 1)[1])
+    assert retries > 0, "the faulty server should have forced at least one retry"
+
+
+def test_a_stalled_server_times_out(slow_server: str) -> None:
+    code, out, err = invoke("tiny", "-s", slow_server, "--timeout", "0.2", "--retries", "0")
+    assert code == 1
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert "timed out" in err
+
+
+def test_an_unwritable_output_is_one_error_line(server: str, tmp_path: Path) -> None:
+    target = tmp_path / "missing-directory" / "tiny.json"
+    code, out, err = invoke("tiny", "-s", server, "-o", str(target))
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: Cannot write ")
+    assert len(err.splitlines()) == 1
+
+
 def test_a_download_that_keeps_failing_fails_the_run(broken_server: str) -> None:
     code, out, err = invoke("tiny", "-s", broken_server, "--retries", "1")
     assert code == 1
@@ -218,6 +286,8 @@ def test_version() -> None:
         ["tiny", "--timeout", "0"],
         ["tiny", "--bogus"],
         ["tiny", "-e", "other"],
+        ["tiny", "-s", "localhost:8000"],
+        ["tiny", "-s", "ftp://localhost"],
         [],
     ],
 )

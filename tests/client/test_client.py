@@ -263,3 +263,41 @@ async def test_concurrency_is_bounded(concurrency: int) -> None:
     counted = await orchestrator.run(downloads)
     assert api.most_open == concurrency
     assert sum(item.count.rows for item in counted) == 18
+
+
+async def test_retry_after_is_honoured(mocked: aioresponses) -> None:
+    serve_discovery(mocked, BODIES)
+    mocked.get(data_url("d1"), status=503, headers={"Retry-After": "1"})
+    for download_id, body in BODIES.items():
+        mocked.get(data_url(download_id), body=body)
+    started = asyncio.get_running_loop().time()
+    report = await count()  # backoff 0.01 s: only Retry-After can make it wait a second
+    assert asyncio.get_running_loop().time() - started >= 0.95
+    assert report.retries == 1
+
+
+@pytest.mark.parametrize("cut", [b"", b"patient_id,event_ti"])
+async def test_a_body_cut_before_its_header_ends_is_retried(
+    mocked: aioresponses, cut: bytes
+) -> None:
+    serve_discovery(mocked, BODIES)
+    mocked.get(data_url("d1"), body=cut)
+    for download_id, body in BODIES.items():
+        mocked.get(data_url(download_id), body=body)
+    report = await count()
+    assert as_plain(report) == EXPECTED
+    assert report.downloads[0].attempts == 2
+
+
+async def test_metadata_of_another_download_is_refused(mocked: aioresponses) -> None:
+    mocked.get(f"{BASE}/api/export", payload={"data": {"export_ids": ["demo"]}})
+    mocked.get(f"{BASE}/api/export/demo", payload={"data": {"id": "demo", "download_ids": ["d1"]}})
+    mocked.get(f"{BASE}/api/export/demo/d1", payload=metadata("d2", 3))
+    async with ExportClient(BASE) as client:
+        with pytest.raises(ServerResponseError, match="metadata of download 'd2'"):
+            await client.count("demo")
+
+
+def test_a_server_that_is_not_an_http_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="http"):
+        ExportClient("localhost:8000")

@@ -51,8 +51,15 @@ async def test_pool_counts_exactly_as_inline() -> None:
     assert all(isinstance(result, BlockCount) for result in results)
 
 
-async def test_blocks_are_counted_inline_until_the_workers_are_up() -> None:
+async def test_without_inline_counting_blocks_wait_for_the_workers() -> None:
     async with PoolCounting(1) as pool:
+        future = await pool.submit(block(3), LAYOUT)
+        assert len(pool._workers) == 1
+        assert await future == count_block(block(3), LAYOUT)
+
+
+async def test_blocks_are_counted_inline_until_the_workers_are_up() -> None:
+    async with PoolCounting(1, inline_until_ready=True) as pool:
         future = await pool.submit(block(3), LAYOUT)
         assert pool._workers == []
         assert asyncio.isfuture(future)
@@ -109,3 +116,26 @@ async def test_adaptive_counting_offloads_when_counting_cannot_keep_up() -> None
         assert counting.offloading
         assert counting._pool is not None
     assert results == [count_block(data, LAYOUT) for data in blocks]
+
+
+async def test_a_block_the_worker_cannot_count_fails_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A layout whose indexes lie outside the rows makes count_block fail inside the worker.
+    bad = CsvLayout(field_count=4, patient_index=0, event_type_index=9)
+    async with PoolCounting(1) as pool:
+        future = await pool.submit(block(1), bad)
+        with pytest.raises(CountingWorkerError, match="Counting a block failed"):
+            await future
+        # The worker survives a bad block.
+        assert await (await pool.submit(block(2), LAYOUT)) == count_block(block(2), LAYOUT)
+
+
+async def test_stopping_with_blocks_in_flight_is_quiet(capfd: pytest.CaptureFixture[str]) -> None:
+    async with PoolCounting(2) as pool:
+        await ready(pool)
+        for seed in range(6):
+            await pool.submit(block(seed, rows=20000), LAYOUT)  # results never read
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert "never retrieved" not in captured.err
