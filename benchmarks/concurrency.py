@@ -1,0 +1,827 @@
+"""Benchmark the whole client pipeline against pure transfer, across concurrency levels.
+
+    uv run python benchmarks/concurrency.py [--export small] [--levels 1 2 4 8 16] [--repeats 3]
+        [--mode both|generating|cached] [--server URL] [--server-workers N]
+        [--client-workers N] [--out-dir benchmarks/results]
+
+For each server mode and each concurrency level, runs the real client
+(`python -m export_client EXPORT -s URL -c N -q -t -o FILE`) `--repeats` times, each as its own
+subprocess, interleaved with as many runs of the transfer-only baseline
+(`benchmarks/transfer_only.py`: the same downloads at the same concurrency, read and discarded).
+Per run it records wall seconds, the client's rows, bytes and retries (from its `-t` line), the
+user+sys CPU seconds of the process and its reaped worker processes (`os.wait4`), the peak RSS
+of the whole process tree (VmRSS of the process and its descendants, sampled every 20 ms) and
+`ru_maxrss` (the largest single process). It reports medians with min/max, and the ratios
+client/baseline of wall time and rows/s: wall time alone is noise on a shared machine, ratios
+measured side by side are not. Every client run must exit 0 and print the same counts, equal to
+`<export>.json` at the repository root when that file exists.
+
+Server modes, each a server started here on a free loopback port with `--server-workers`:
+`generating` (no cache: every body is generated as the reference server does, so it shows how
+concurrency uses the server's cores) and `cached` (a warmed `--cache-dir`: bodies come from
+disk, so it shows the client's own cost). With `--server URL` that server is used instead, as
+the single mode `external`.
+
+Writes benchmarks/results/concurrency-<export>.{json,md,svg}: all raw runs, the summary, the
+machine and the command; a Markdown table for the README; a chart of rows/s by concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Measured processes and servers may keep compiled modules, as they would anywhere else.
+CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+TRANSFER_ONLY = HERE / "transfer_only.py"
+SAMPLE_SECONDS = 0.02
+SERVER_START_SECONDS = 30.0
+# A level whose median rows/s is within this fraction of the best counts as good as the best.
+NEAR_BEST = 0.05
+
+# Progress lines stay one line each in a log file too.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+@dataclass
+class Run:
+    """One measured subprocess: a client run or a baseline run."""
+
+    mode: str
+    kind: str  # "client" or "baseline"
+    level: int
+    repeat: int
+    wall_seconds: float
+    # The program's own timing, without interpreter start-up and imports.
+    inner_seconds: float
+    cpu_seconds: float
+    tree_peak_rss_mb: float
+    tree_peak_pss_mb: float
+    maxrss_mb: float
+    rows: int
+    bytes: int
+    retries: int
+    malformed: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.wall_seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.bytes / 1e6 / self.wall_seconds
+
+
+@dataclass
+class Spread:
+    """The median of some runs' figure and its range."""
+
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+
+@dataclass
+class Level:
+    """The summary of one mode at one concurrency level."""
+
+    level: int
+    client: dict[str, Spread] = field(default_factory=dict)
+    baseline: dict[str, Spread] = field(default_factory=dict)
+    wall_ratio: float = 0.0
+    rate_ratio: float = 0.0
+
+
+METRICS = (
+    "wall_seconds",
+    "inner_seconds",
+    "rows_per_second",
+    "mb_per_second",
+    "cpu_seconds",
+    "tree_peak_rss_mb",
+    "tree_peak_pss_mb",
+    "maxrss_mb",
+    "retries",
+)
+
+
+class BenchmarkError(Exception):
+    """A run failed, or counted something different from the other runs."""
+
+
+def _parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process, from /proc/<pid>/stat."""
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        # The command name in parentheses may contain spaces: split after its last ')'.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def _tree_memory_kb(root: int) -> tuple[int, int]:
+    """The summed RSS and PSS of a process and all its descendants, in KiB.
+
+    RSS counts pages shared between the processes (the interpreter, libraries) once per
+    process; PSS divides them among the sharers, so its sum is what the tree really holds.
+    """
+    parents = _parent_pids()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    rss = pss = 0
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, ()))
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup", "rb") as file:
+            for line in file:
+                if line.startswith(b"Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith(b"Pss:"):
+                    pss += int(line.split()[1])
+                    break
+    return rss, pss
+
+
+class TreeSampler(threading.Thread):
+    """Samples a process tree's RSS until stopped, keeping the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kb = 0
+        self.peak_pss_kb = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            rss, pss = _tree_memory_kb(self.pid)
+            self.peak_kb = max(self.peak_kb, rss)
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
+            self._done.wait(SAMPLE_SECONDS)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+@dataclass
+class Measured:
+    """What any measured subprocess yields, before it is read as a client or baseline run."""
+
+    wall_seconds: float
+    cpu_seconds: float
+    tree_peak_rss_mb: float
+    tree_peak_pss_mb: float
+    maxrss_mb: float
+    stdout: str
+    stderr: str
+
+
+def measure(command: list[str], *, timeout: float) -> Measured:
+    """Runs a command, measuring its wall time, CPU, and memory; raises unless it exits 0."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=CHILD_ENV)
+        sampler = TreeSampler(process.pid)
+        sampler.start()
+        # A watchdog instead of Popen.wait(timeout): os.wait4 must be the one to reap the child,
+        # since only it returns the child's rusage (including its reaped worker processes).
+        watchdog = threading.Timer(timeout, process.kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            # Ctrl-C or the like: do not leave a measured process running behind us.
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            wall = time.perf_counter() - started
+            watchdog.cancel()
+            sampler.stop()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+    if process.returncode != 0:
+        raise BenchmarkError(
+            f"{shlex.join(command)} exited with {process.returncode}: {stderr.strip()[-2000:]}"
+        )
+    return Measured(
+        wall_seconds=wall,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        tree_peak_rss_mb=sampler.peak_kb / 1024,
+        tree_peak_pss_mb=sampler.peak_pss_kb / 1024,
+        maxrss_mb=usage.ru_maxrss / 1024,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+_SUMMARY = re.compile(
+    r": (?P<rows>[\d,]+) rows, (?P<downloads>\d+) downloads, (?P<mb>[\d,.]+) MB "
+    r"in (?P<seconds>[\d,.]+) s .*?"
+    r"(?P<retries>\d+) retries, (?P<malformed>[\d,]+) malformed rows"
+)
+
+
+class Bench:
+    """Runs the client and the baseline against one server and checks what the client counts."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.expected: Any = None
+        self.expected_from = ""
+        reference = ROOT / f"{args.export}.json"
+        if reference.is_file():
+            self.expected = json.loads(reference.read_text())
+            self.expected_from = str(reference.relative_to(ROOT))
+        else:
+            console.print(
+                f"[yellow]warning:[/] no {reference.name} at the repository root; "
+                "checking only that every run counts the same"
+            )
+
+    def client(self, mode: str, url: str, level: int, repeat: int) -> Run:
+        output = self.workdir / "counts.json"
+        output.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "export_client", self.args.export, "-s", url]
+        command += ["-c", str(level), "-q", "-t", "-o", str(output)]
+        if self.args.client_workers is not None:
+            command += ["--workers", str(self.args.client_workers)]
+        measured = measure(command, timeout=self.args.timeout)
+        counts = json.loads(output.read_text())
+        if self.expected is None:
+            self.expected = counts
+            self.expected_from = f"the first run ({mode}, -c {level})"
+        elif counts != self.expected:
+            raise BenchmarkError(
+                f"the client's counts ({mode}, -c {level}, repeat {repeat}) differ from "
+                f"{self.expected_from}"
+            )
+        match = _SUMMARY.search(measured.stderr)
+        if match is None:
+            raise BenchmarkError(f"no summary line in the client's stderr: {measured.stderr!r}")
+        # Rounded to 0.1 MB; measure_mode puts in the baseline's exact count of the same bodies.
+        size = int(float(match["mb"].replace(",", "")) * 1e6)
+        return Run(
+            mode=mode,
+            kind="client",
+            level=level,
+            repeat=repeat,
+            wall_seconds=measured.wall_seconds,
+            inner_seconds=float(match["seconds"].replace(",", "")),
+            cpu_seconds=measured.cpu_seconds,
+            tree_peak_rss_mb=measured.tree_peak_rss_mb,
+            tree_peak_pss_mb=measured.tree_peak_pss_mb,
+            maxrss_mb=measured.maxrss_mb,
+            rows=int(match["rows"].replace(",", "")),
+            bytes=size,
+            retries=int(match["retries"]),
+            malformed=int(match["malformed"].replace(",", "")),
+        )
+
+    def baseline(self, mode: str, url: str, level: int, repeat: int) -> Run:
+        command = [sys.executable, str(TRANSFER_ONLY), self.args.export, "-s", url]
+        command += ["-c", str(level), "--timeout", str(self.args.timeout)]
+        measured = measure(command, timeout=self.args.timeout)
+        result = json.loads(measured.stdout)
+        return Run(
+            mode=mode,
+            kind="baseline",
+            level=level,
+            repeat=repeat,
+            wall_seconds=measured.wall_seconds,
+            inner_seconds=float(result["seconds"]),
+            cpu_seconds=measured.cpu_seconds,
+            tree_peak_rss_mb=measured.tree_peak_rss_mb,
+            tree_peak_pss_mb=measured.tree_peak_pss_mb,
+            maxrss_mb=measured.maxrss_mb,
+            rows=int(result["rows"]),
+            bytes=int(result["bytes"]),
+            retries=0,
+            malformed=0,
+        )
+
+
+@contextlib.contextmanager
+def running_server(workers: int, cache_dir: Path | None) -> Iterator[str]:
+    """Starts the project's server on a free loopback port; stops it with SIGTERM on exit."""
+    command = [sys.executable, "-m", "export_server", "--port", "0", "--workers", str(workers)]
+    if cache_dir is not None:
+        command += ["--cache-dir", str(cache_dir)]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+        env=CHILD_ENV,
+    )
+    lines: deque[str] = deque(maxlen=50)
+    announced = threading.Event()
+    url: list[str] = []
+
+    def drain() -> None:
+        # Keep reading after the announcement so a chatty server never blocks on a full pipe.
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            found = re.search(r"listening on (http://\S+)", line)
+            if found and not url:
+                url.append(found[1])
+                announced.set()
+        announced.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        if not announced.wait(SERVER_START_SECONDS) or not url:
+            raise BenchmarkError(f"the server did not start: {''.join(lines).strip()}")
+        yield url[0]
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=5)
+
+
+def warm_cache(bench: Bench, url: str, cache_dir: Path, workers: int) -> None:
+    """Fetches every download once so that the measured runs are all served from disk."""
+    command = [sys.executable, str(TRANSFER_ONLY), bench.args.export, "-s", url]
+    command += ["-c", str(workers), "--timeout", str(bench.args.timeout)]
+    started = time.perf_counter()
+    measured = measure(command, timeout=bench.args.timeout)
+    downloads = int(json.loads(measured.stdout)["downloads"])
+    cached = [p for p in cache_dir.glob("*.csv") if p.stat().st_size > 0]
+    if len(cached) < downloads:
+        raise BenchmarkError(
+            f"warming cached {len(cached)} of {downloads} downloads in {cache_dir}"
+        )
+    console.print(f"cached: warmed {downloads} downloads in {time.perf_counter() - started:.1f} s")
+
+
+def measure_mode(bench: Bench, mode: str, url: str, runs: list[Run]) -> None:
+    """The interleaved client and baseline runs of one mode at every level."""
+    for level in bench.args.levels:
+        for repeat in range(bench.args.repeats):
+            # Alternating, so that drift on a shared machine hits client and baseline alike.
+            client = bench.client(mode, url, level, repeat)
+            runs.append(client)
+            baseline = bench.baseline(mode, url, level, repeat)
+            runs.append(baseline)
+            if client.rows != baseline.rows:
+                raise BenchmarkError(
+                    f"the client counted {client.rows:,} rows, the metadata announces "
+                    f"{baseline.rows:,}"
+                )
+            client.bytes = baseline.bytes
+            console.print(
+                f"{mode} -c {level} #{repeat + 1}: client {client.wall_seconds:.2f} s "
+                f"({client.rows_per_second:,.0f} rows/s, {client.cpu_seconds:.1f} CPU s, "
+                f"{client.tree_peak_rss_mb:.0f} MB), baseline {baseline.wall_seconds:.2f} s",
+                highlight=False,
+            )
+
+
+def summarize(runs: list[Run]) -> dict[str, list[Level]]:
+    """Medians and ranges per mode and level, and the client/baseline ratios of the medians."""
+    summary: dict[str, list[Level]] = {}
+    for mode in dict.fromkeys(run.mode for run in runs):
+        levels = []
+        for level in dict.fromkeys(run.level for run in runs if run.mode == mode):
+            entry = Level(level)
+            for kind, target in (("client", entry.client), ("baseline", entry.baseline)):
+                chosen = [r for r in runs if (r.mode, r.kind, r.level) == (mode, kind, level)]
+                for metric in METRICS:
+                    target[metric] = Spread.of([float(getattr(r, metric)) for r in chosen])
+            entry.wall_ratio = (
+                entry.client["wall_seconds"].median / entry.baseline["wall_seconds"].median
+            )
+            entry.rate_ratio = (
+                entry.client["rows_per_second"].median / entry.baseline["rows_per_second"].median
+            )
+            levels.append(entry)
+        summary[mode] = levels
+    return summary
+
+
+def suggested_level(levels: list[Level]) -> int:
+    """The lowest level whose median rows/s is within NEAR_BEST of the best level's."""
+    best = max(entry.client["rows_per_second"].median for entry in levels)
+    return min(
+        entry.level
+        for entry in levels
+        if entry.client["rows_per_second"].median >= (1 - NEAR_BEST) * best
+    )
+
+
+def machine() -> dict[str, Any]:
+    """The machine the benchmark ran on."""
+    memory_kb = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as file:
+        for line in file:
+            if line.startswith("MemTotal:"):
+                memory_kb = int(line.split()[1])
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_gb": round(memory_kb / 1024**2, 1),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _range(spread: Spread, fmt: str) -> str:
+    return f"{spread.median:{fmt}} ({spread.min:{fmt}}..{spread.max:{fmt}})"
+
+
+def render_table(summary: dict[str, list[Level]]) -> None:
+    """The summary as a rich table on stderr."""
+    table = Table(title="client vs transfer-only baseline: median (min..max)")
+    for header in (
+        "mode",
+        "-c",
+        "wall s",
+        "rows/s",
+        "MB/s",
+        "CPU s",
+        "tree RSS MB",
+        "retries",
+        "baseline s",
+        "baseline rows/s",
+        "wall c/b",
+        "rows/s c/b",
+    ):
+        table.add_column(header, justify="left" if header == "mode" else "right")
+    for mode, levels in summary.items():
+        for entry in levels:
+            c, b = entry.client, entry.baseline
+            table.add_row(
+                mode,
+                str(entry.level),
+                _range(c["wall_seconds"], ".2f"),
+                _range(c["rows_per_second"], ",.0f"),
+                f"{c['mb_per_second'].median:.1f}",
+                _range(c["cpu_seconds"], ".1f"),
+                _range(c["tree_peak_rss_mb"], ".0f"),
+                f"{c['retries'].max:.0f}",
+                _range(b["wall_seconds"], ".2f"),
+                f"{b['rows_per_second'].median:,.0f}",
+                f"{entry.wall_ratio:.2f}",
+                f"{entry.rate_ratio:.2f}",
+            )
+        table.add_section()
+    # Not a terminal (a log file): wide enough that the columns are not cut.
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
+
+
+def markdown(
+    summary: dict[str, list[Level]], info: dict[str, Any], command: str, args: argparse.Namespace
+) -> str:
+    """The summary as Markdown, ready to paste into the README's Performance section."""
+    lines = [
+        f"Concurrency benchmark, export `{args.export}`: medians (min..max) of each level's runs;",
+        "the ratios are client / transfer-only baseline, from the medians.",
+        "",
+        f"    {command}",
+        "",
+        f"Machine: {info['cores']} cores, {info['memory_gb']} GB memory, "
+        f"{info['implementation']} {info['python']}, {info['platform']}, {info['date']}.",
+        f"Server: {'given by --server' if args.server else f'--workers {args.server_workers}'}; "
+        f"client: --workers {'auto' if args.client_workers is None else args.client_workers}. "
+        "Wall seconds are of the whole process, start-up included, for client and baseline",
+        "alike; own s is the client's own timing (--time), without interpreter start-up and",
+        "imports. Memory: the largest single process's peak RSS (the client's main process),",
+        "and the peaks of the whole client process tree (main and counting workers) as RSS",
+        "and as PSS (shared pages divided among the processes).",
+        "",
+        "| mode | -c | wall s | own s | rows/s | MB/s | client CPU s | main RSS MB "
+        "| tree RSS MB | tree PSS MB | retries | baseline wall s | wall client/baseline "
+        "| rows/s client/baseline |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for mode, levels in summary.items():
+        for entry in levels:
+            c, b = entry.client, entry.baseline
+            lines.append(
+                f"| {mode} | {entry.level} | {_range(c['wall_seconds'], '.2f')} "
+                f"| {c['inner_seconds'].median:.2f} "
+                f"| {c['rows_per_second'].median:,.0f} | {c['mb_per_second'].median:.1f} "
+                f"| {_range(c['cpu_seconds'], '.1f')} | {c['maxrss_mb'].median:.0f} "
+                f"| {c['tree_peak_rss_mb'].median:.0f} | {c['tree_peak_pss_mb'].median:.0f} "
+                f"| {c['retries'].max:.0f} | {_range(b['wall_seconds'], '.2f')} "
+                f"| {entry.wall_ratio:.2f} | {entry.rate_ratio:.2f} |"
+            )
+    lines.append("")
+    for mode, levels in summary.items():
+        lines.append(
+            f"- {mode}: the lowest concurrency within {NEAR_BEST:.0%} of the best rows/s "
+            f"is {suggested_level(levels)}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def _nice_step(top: float) -> float:
+    """A 1, 2 or 5 times a power of ten step that cuts 0..top into about five ticks."""
+    raw = top / 5
+    power = 10 ** len(str(int(raw))) / 10 if raw >= 1 else 1.0
+    for factor in (1, 2, 5, 10):
+        if factor * power >= raw:
+            return factor * power
+    return 10 * power
+
+
+def svg_chart(summary: dict[str, list[Level]], export: str) -> str:
+    """Rows/s against concurrency (log2 axis), client solid and baseline dashed, per mode."""
+    width, height = 800, 460
+    left, right, top, bottom = 90, 240, 50, 60
+    plot_w, plot_h = width - left - right, height - top - bottom
+    levels = sorted({entry.level for entries in summary.values() for entry in entries})
+    peak = max(
+        max(entry.client["rows_per_second"].median, entry.baseline["rows_per_second"].median)
+        for entries in summary.values()
+        for entry in entries
+    )
+    step = _nice_step(peak * 1.05)
+    y_top = step * (int(peak * 1.05 / step) + 1)
+    lo, hi = min(levels).bit_length() - 1, max(levels).bit_length() - 1
+    span = max(hi - lo, 1)
+
+    def x(level: int) -> float:
+        return left + (math.log2(level) - lo) / span * plot_w if hi > lo else left + plot_w / 2
+
+    def y(value: float) -> float:
+        return top + plot_h - value / y_top * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left + plot_w / 2}" y="24" text-anchor="middle" font-size="15">'
+        f"{escape(export)}: rows/s by concurrency (median of runs)</text>",
+    ]
+    tick = 0.0
+    while tick <= y_top + 1e-9:
+        ty = y(tick)
+        parts.append(
+            f'<line x1="{left}" y1="{ty:.1f}" x2="{left + plot_w}" y2="{ty:.1f}" stroke="#e5e5e5"/>'
+        )
+        label = f"{tick / 1e6:g}M" if tick and y_top >= 1e6 else f"{tick:,.0f}"
+        parts.append(f'<text x="{left - 8}" y="{ty + 4:.1f}" text-anchor="end">{label}</text>')
+        tick += step
+    for level in levels:
+        tx = x(level)
+        parts.append(
+            f'<line x1="{tx:.1f}" y1="{top + plot_h}" x2="{tx:.1f}" y2="{top + plot_h + 5}" '
+            f'stroke="black"/>'
+        )
+        parts.append(
+            f'<text x="{tx:.1f}" y="{top + plot_h + 20}" text-anchor="middle">{level}</text>'
+        )
+    parts += [
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
+        f'stroke="black"/>',
+        f'<text x="{left + plot_w / 2}" y="{height - 15}" text-anchor="middle">'
+        f"concurrency (-c, log2 scale)</text>",
+        f'<text transform="translate(22 {top + plot_h / 2}) rotate(-90)" '
+        f'text-anchor="middle">rows/s</text>',
+    ]
+    legend_y = top + 10
+    for index, (mode, entries) in enumerate(summary.items()):
+        color = COLORS[index % len(COLORS)]
+        for kind, dash in (("client", ""), ("baseline", ' stroke-dasharray="6 4"')):
+            points = " ".join(
+                f"{x(e.level):.1f},{y(getattr(e, kind)['rows_per_second'].median):.1f}"
+                for e in entries
+            )
+            parts.append(
+                f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"{dash}/>'
+            )
+            # Markers too, so that a single level still shows: filled client, hollow baseline.
+            fill = color if kind == "client" else "white"
+            for e in entries:
+                parts.append(
+                    f'<circle cx="{x(e.level):.1f}" '
+                    f'cy="{y(getattr(e, kind)["rows_per_second"].median):.1f}" r="3" '
+                    f'fill="{fill}" stroke="{color}"/>'
+                )
+            lx = left + plot_w + 15
+            parts.append(
+                f'<line x1="{lx}" y1="{legend_y}" x2="{lx + 30}" y2="{legend_y}" '
+                f'stroke="{color}" stroke-width="2"{dash}/>'
+            )
+            name = "client" if kind == "client" else "transfer only"
+            parts.append(f'<text x="{lx + 38}" y="{legend_y + 4}">{escape(mode)}: {name}</text>')
+            legend_y += 20
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write_results(
+    args: argparse.Namespace,
+    runs: list[Run],
+    summary: dict[str, list[Level]],
+    info: dict[str, Any],
+    command: str,
+) -> None:
+    """JSON, Markdown and SVG results under the output directory."""
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"concurrency-{args.export}"
+    document = {
+        "command": command,
+        "machine": info,
+        "settings": {
+            "export": args.export,
+            "levels": args.levels,
+            "repeats": args.repeats,
+            "modes": list(summary),
+            "server_workers": args.server_workers,
+            "client_workers": args.client_workers,
+        },
+        "summary": {
+            mode: [
+                {
+                    "level": entry.level,
+                    "client": {k: asdict(v) for k, v in entry.client.items()},
+                    "baseline": {k: asdict(v) for k, v in entry.baseline.items()},
+                    "wall_ratio": entry.wall_ratio,
+                    "rows_per_second_ratio": entry.rate_ratio,
+                }
+                for entry in levels
+            ]
+            for mode, levels in summary.items()
+        },
+        "suggested_concurrency": {mode: suggested_level(lv) for mode, lv in summary.items()},
+        "runs": [
+            {
+                **asdict(run),
+                "rows_per_second": run.rows_per_second,
+                "mb_per_second": run.mb_per_second,
+            }
+            for run in runs
+        ],
+    }
+    written = []
+    for suffix, text in (
+        (".json", json.dumps(document, indent=2) + "\n"),
+        (".md", markdown(summary, info, command, args)),
+        (".svg", svg_chart(summary, args.export)),
+    ):
+        path = stem.with_suffix(suffix)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        if suffix == ".svg":
+            # A chart that is not well-formed XML would not render anywhere.
+            ElementTree.parse(temporary)
+        temporary.replace(path)
+        written.append(str(path))
+    console.print("wrote " + ", ".join(written))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Client pipeline vs transfer-only baseline across concurrency levels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--export", default="small", help="export to count")
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="concurrency levels"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per level and kind")
+    parser.add_argument(
+        "--mode", choices=("both", "generating", "cached"), default="both", help="server modes"
+    )
+    parser.add_argument("--server", help="use this server (mode 'external') instead of our own")
+    parser.add_argument(
+        "--server-workers", type=int, default=os.cpu_count() or 1, help="server --workers"
+    )
+    parser.add_argument(
+        "--client-workers", type=int, default=None, help="client --workers (default: its auto)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run, at most")
+    parser.add_argument(
+        "--out-dir", type=Path, default=HERE / "results", help="where results are written"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or min(args.levels) < 1 or args.server_workers < 1:
+        parser.error("--repeats, --levels and --server-workers must be at least 1")
+    if args.client_workers is not None and args.client_workers < 0:
+        parser.error("--client-workers must be 0 or more")
+    args.levels = sorted(set(args.levels))
+    return args
+
+
+def compile_bytecode() -> None:
+    """Compiles the client's and its dependencies' modules once, as any installed program has.
+
+    Where PYTHONDONTWRITEBYTECODE is set (as on our development machines), every start
+    would otherwise compile every imported module again: a third of a second that no
+    user pays.
+    """
+    paths = [*sysconfig.get_paths()["purelib"].split(os.pathsep), str(ROOT / "src")]
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *dict.fromkeys(paths)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark; returns the exit code."""
+    args = parse_args(argv)
+    compile_bytecode()
+    command = "uv run python benchmarks/concurrency.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    info = machine()
+    info["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    runs: list[Run] = []
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as scratch:
+            workdir = Path(scratch)
+            bench = Bench(args, workdir)
+            if args.server:
+                measure_mode(bench, "external", args.server.rstrip("/"), runs)
+            else:
+                modes = ["generating", "cached"] if args.mode == "both" else [args.mode]
+                for mode in modes:
+                    cache_dir = workdir / "cache" if mode == "cached" else None
+                    if cache_dir is not None:
+                        cache_dir.mkdir()
+                    with running_server(args.server_workers, cache_dir) as url:
+                        console.print(f"{mode}: server at {url} ({args.server_workers} workers)")
+                        if cache_dir is not None:
+                            warm_cache(bench, url, cache_dir, args.server_workers)
+                        measure_mode(bench, mode, url, runs)
+    except BenchmarkError as error:
+        console.print(f"[red]error:[/] {error}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
+    summary = summarize(runs)
+    render_table(summary)
+    for mode, levels in summary.items():
+        console.print(f"{mode}: suggested --concurrency {suggested_level(levels)}")
+    write_results(args, runs, summary, info, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

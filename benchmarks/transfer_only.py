@@ -1,0 +1,114 @@
+"""Fetch every download of an export and throw the bytes away: the transfer-only baseline.
+
+    uv run python benchmarks/transfer_only.py EXPORT -s URL [-c N]
+
+Does what the client does on the network and nothing else: the same discovery through
+`ExportAPI` (export list, download ids, every download's metadata), the same aiohttp session
+settings as `ExportClient.__aenter__`, the same number of downloads in flight (a semaphore),
+and then reads each body and only counts its bytes and line ends. No retries: a broken or short
+download is an error (exit 1), since a baseline that silently fetched less would flatter the
+client. Prints one JSON object on stdout: downloads, rows, bytes, seconds.
+`benchmarks/concurrency.py` runs it side by side with the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+import aiohttp
+import orjson
+
+from export_client._client import DEFAULT_TIMEOUT
+from export_client._http import ExportAPI
+from export_client._models import DownloadInfo
+
+
+def _session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """A session set up exactly like `ExportClient.__aenter__` sets up its own."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
+        connector=aiohttp.TCPConnector(limit=concurrency + 4),
+        read_bufsize=1 << 20,
+    )
+
+
+async def _drain(api: ExportAPI, export_id: str, info: DownloadInfo) -> tuple[int, int]:
+    """Reads one body to its end; returns its bytes and its line ends."""
+    size = 0
+    newlines = 0
+    async with api.open_data(export_id, info.id) as stream:
+        async for chunk in stream.chunks():
+            size += len(chunk)
+            # A C-speed scan, cheap next to the transfer, that proves the body is whole.
+            newlines += chunk.count(b"\n")
+    if size == 0:
+        raise RuntimeError(f"download {info.id} of {export_id!r} had an empty body")
+    # The header line plus one line per row announced by the metadata.
+    if newlines != info.rows + 1:
+        raise RuntimeError(
+            f"download {info.id} of {export_id!r} had {newlines - 1:,} rows, "
+            f"its metadata announced {info.rows:,}"
+        )
+    return size, newlines
+
+
+async def fetch_all(
+    server: str, export_id: str, *, concurrency: int, idle_timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, float | int]:
+    """Fetches and discards every download of an export; returns what was transferred."""
+    started = time.perf_counter()
+    async with _session(concurrency, idle_timeout) as session:
+        api = ExportAPI(session, server)
+        known = await api.export_ids()
+        if export_id not in known:
+            raise RuntimeError(f"the server has no export {export_id!r} (it has {known})")
+        ids = await api.download_ids(export_id)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def info(download_id: str) -> DownloadInfo:
+            async with slots:
+                return await api.download_info(export_id, download_id)
+
+        async def body(download: DownloadInfo) -> tuple[int, int]:
+            async with slots:
+                return await _drain(api, export_id, download)
+
+        downloads = await asyncio.gather(*(info(i) for i in ids))
+        sizes = await asyncio.gather(*(body(d) for d in downloads))
+    return {
+        "export_id": export_id,
+        "downloads": len(downloads),
+        "rows": sum(d.rows for d in downloads),
+        "bytes": sum(size for size, _ in sizes),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export_id", help="the export to fetch")
+    parser.add_argument("-s", "--server", default="http://localhost:8000", help="server base URL")
+    parser.add_argument("-c", "--concurrency", type=int, default=8, help="downloads in flight")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="idle seconds")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    try:
+        result = asyncio.run(
+            fetch_all(
+                args.server, args.export_id, concurrency=args.concurrency, idle_timeout=args.timeout
+            )
+        )
+    except Exception as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
