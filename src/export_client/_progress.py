@@ -101,10 +101,10 @@ class TerminalProgress(NoProgress):
         eta = f"{left:.0f}s left" if left != float("inf") else "--"
         line = (
             f"{self._rows:,} / {self._total:,} rows ({share:.0%})  {rate:,.0f} rows/s  "
-            f"{eta}  {len(self._in_flight)} downloads in flight"
+            f"{eta}  {_plural(len(self._in_flight), 'download')} in flight"
         )
         if self._retries:
-            line += f"  {self._retries} retries"
+            line += f"  {_plural(self._retries, 'retry', 'retries')}"
         self._stream.write("\r" + line.ljust(self._width))
         self._stream.flush()
         self._width = len(line)
@@ -114,3 +114,7 @@ class TerminalProgress(NoProgress):
             self._stream.write("\r" + " " * self._width + "\r")
             self._stream.flush()
             self._width = 0
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count:,} {one if count == 1 else many or one + 's'}"

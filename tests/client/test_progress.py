@@ -36,7 +36,7 @@ def test_a_retry_takes_back_its_rows_and_is_reported_on_its_own_line() -> None:
     text = screen.getvalue()
     assert "retrying a in 0.5s: the stream broke\n" in text
     assert "0 / 100 rows" in text.split("\r")[-1]
-    assert "1 retries" in text.split("\r")[-1]
+    assert "1 retry" in text.split("\r")[-1]
 
 
 def test_finished_clears_the_line() -> None:
