@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,13 @@ _FAULTS_KEY = web.AppKey("faults", FaultInjector)
 _REQUEST_FAULTS = web.RequestKey("faults", RequestFaults)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HYPHENATED_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# The texts the reference server (a pydantic UUID) accepts: 32 hex digits, or the hyphenated
+# form, bare, in braces or after `urn:uuid:`; any case. `uuid.UUID` alone accepts much more.
+_UUID_TEXT = re.compile(
+    rf"{_HYPHENATED_UUID}|\{{{_HYPHENATED_UUID}\}}|urn:uuid:{_HYPHENATED_UUID}|[0-9a-fA-F]{{32}}"
+)
 
 
 def _json(
@@ -101,9 +109,7 @@ async def _get_export(request: web.Request) -> web.Response:
 
 def _download(request: web.Request) -> DownloadSpec:
     text = request.match_info["download_id"]
-    try:
-        download_id = uuid.UUID(text)
-    except ValueError:
+    if not _UUID_TEXT.fullmatch(text):
         # The shape FastAPI (the reference server) gives a path parameter that is not a UUID.
         raise _ApiError(
             _json(
@@ -119,7 +125,8 @@ def _download(request: web.Request) -> DownloadSpec:
                 },
                 status=422,
             )
-        ) from None
+        )
+    download_id = uuid.UUID(text)
     export_id, _ = _downloads(request)
     download = request.app[_CATALOG_KEY].download(export_id, download_id)
     if download is None:
@@ -150,6 +157,12 @@ def _cut_connection(request: web.Request) -> None:
 
 
 async def _get_data(request: web.Request) -> web.StreamResponse:
+    """Stream the body of a download: from its cache file if there is one, else generated.
+
+    A generated body goes out as the worker makes it (the header, then runs of whole lines of
+    about 32 KiB), a cached one in large chunks cut anywhere (see `sendfile_chunked`): the API
+    tells clients not to rely on chunk boundaries.
+    """
     download = _download(request)
     faults = request.get(_REQUEST_FAULTS)
     cut_at = int(faults.cut_fraction * _min_body_size(download)) if faults and faults.cut else None
@@ -157,25 +170,30 @@ async def _get_data(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     cache = request.app.get(_CACHE_KEY)
     try:
-        cached = cache.cached(download.id) if cache is not None else None
+        # Opened before the response starts, so a file that cannot be read is generated instead.
+        cached = await cache.open_cached(download.id) if cache is not None else None
         if cached is not None:
-            await response.prepare(request)
-            if request.transport is None:
-                raise ConnectionResetError("The client went away.")
-            if not await sendfile_chunked(request.transport, cached, limit=cut_at):
-                _cut_connection(request)
+            with cached:
+                await response.prepare(request)
+                if request.transport is None:
+                    raise ConnectionResetError("The client went away.")
+                if not await sendfile_chunked(request.transport, cached, limit=cut_at):
+                    _cut_connection(request)
             return response
         async with contextlib.AsyncExitStack() as stack:
-            writer = (
-                await stack.enter_async_context(await cache.writer(download.id))
-                if cache is not None
-                else None
-            )
+            writer = await cache.writer(download.id) if cache is not None else None
+            if writer is not None:
+                await stack.enter_async_context(writer)
             await response.prepare(request)
             if not await _stream_generated(request, response, download, cut_at, writer):
                 _cut_connection(request)
-    except ConnectionResetError:
-        # Not an error of ours: aiohttp drops the connection when it fails to end the response.
+                return response
+            # The client has the whole body before the cache file is synced and published.
+            await response.write_eof()
+            if writer is not None:
+                await writer.commit()
+    except ConnectionError:
+        # Not an error of ours: the client went away mid-stream.
         logger.debug("The client of download %s went away mid-stream.", download.id)
     return response
 
@@ -203,9 +221,14 @@ async def _stream_generated(
     except WorkerError as exc:
         logger.error("Cutting the stream of download %s: %s", download.id, exc)
         return False
-    if cache is not None:
-        await cache.commit()
     return True
+
+
+def _default_workers() -> int:
+    """One worker per CPU this process may run on (fewer than the machine's in a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def create_app(
@@ -217,11 +240,14 @@ def create_app(
 ) -> web.Application:
     """Build the export API application.
 
-    `workers` generation processes (default: one per CPU) are started when the app starts and
-    stopped when it is cleaned up. With `cache_dir`, complete bodies are cached there and later
-    requests for them are served from disk. `faults` makes the server misbehave on purpose.
+    `workers` generation processes (default: one per CPU available to this process) are started
+    when the app starts and stopped when it is cleaned up. With `cache_dir`, complete bodies are
+    cached there and later requests for them are served from disk, in large chunks that are not
+    cut at line ends. `faults` makes the server misbehave on purpose. Starting the app raises
+    CacheDirectoryError if the cache directory cannot be created or read, and WorkerError if the
+    workers cannot be started.
     """
-    size = workers if workers is not None else os.cpu_count() or 1
+    size = workers if workers is not None else _default_workers()
     if size < 1:
         raise ValueError(f"workers must be at least 1, got {size}.")
     app = web.Application(middlewares=[_json_errors, _inject_faults])
@@ -244,8 +270,10 @@ def create_app(
     app.cleanup_ctx.append(pool_context)
     app.router.add_get("/api/export", _list_exports, allow_head=False)
     app.router.add_get("/api/export/{export_id}", _get_export, allow_head=False)
-    app.router.add_get("/api/export/{export_id}/{download_id}", _get_download, allow_head=False)
-    app.router.add_get("/api/export/{export_id}/{download_id}/data", _get_data, allow_head=False)
+    # `[^/]+` rather than aiohttp's default `[^{}/]+`, so that a braced UUID gets an answer.
+    download = "/api/export/{export_id}/{download_id:[^/]+}"
+    app.router.add_get(download, _get_download, allow_head=False)
+    app.router.add_get(f"{download}/data", _get_data, allow_head=False)
     return app
 
 
@@ -253,11 +281,11 @@ def _cache_context(
     cache: DiskCache,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        cache.directory.mkdir(parents=True, exist_ok=True)
-        cache.remove_temporaries()
+        cache.prepare()
         try:
             yield
         finally:
-            cache.remove_temporaries()
+            with contextlib.suppress(OSError):
+                cache.remove_temporaries()
 
     return context

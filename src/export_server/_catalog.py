@@ -10,12 +10,30 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-__all__ = ["REFERENCE_CATALOG", "Catalog", "DownloadSpec", "ExportSpec", "download_uuid"]
+__all__ = [
+    "EVENT_VALUE_PARAMS",
+    "REFERENCE_CATALOG",
+    "Catalog",
+    "DownloadSpec",
+    "ExportSpec",
+    "download_uuid",
+]
+
+EVENT_VALUE_PARAMS: dict[str, tuple[int, int, int, int]] = {
+    "heart_rate": (75, 15, 30, 200),
+    "spo2": (97, 2, 70, 100),
+    "bp_sys": (120, 20, 60, 250),
+    "bp_dia": (80, 15, 30, 150),
+}
+"""Per event type: mean and standard deviation of its gaussian, then its lower and upper clamp."""
 
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """One export of the catalog: how many downloads it has and how their rows are drawn."""
+    """One export of the catalog: how many downloads it has and how their rows are drawn.
+
+    Raises ValueError for a value that the generation cannot use.
+    """
 
     id: str
     downloads: int
@@ -25,6 +43,37 @@ class ExportSpec:
     patient_pool: tuple[str, ...]
     first_start: datetime
     step: timedelta
+
+    def __post_init__(self) -> None:
+        if self.downloads < 1:
+            raise ValueError(
+                f"Export {self.id!r} needs at least one download, got {self.downloads}."
+            )
+        if not 1 <= self.min_rows <= self.max_rows:
+            raise ValueError(
+                f"Export {self.id!r} needs 1 <= min_rows <= max_rows, got min_rows "
+                f"{self.min_rows} and max_rows {self.max_rows}."
+            )
+        if not self.event_types:
+            raise ValueError(f"Export {self.id!r} needs at least one event type.")
+        unknown = [name for name in self.event_types if name not in EVENT_VALUE_PARAMS]
+        if unknown:
+            raise ValueError(
+                f"Export {self.id!r} has unknown event types {unknown}; the known ones are "
+                f"{sorted(EVENT_VALUE_PARAMS)}."
+            )
+        if len(self.patient_pool) < 2:
+            raise ValueError(
+                f"Export {self.id!r} needs a pool of at least 2 patients, got "
+                f"{len(self.patient_pool)}."
+            )
+        if self.first_start.tzinfo is not None:
+            raise ValueError(
+                f"Export {self.id!r} needs a naive first_start (the API's times have no time "
+                f"zone), got {self.first_start.isoformat()}."
+            )
+        if self.step <= timedelta(0):
+            raise ValueError(f"Export {self.id!r} needs a positive step, got {self.step}.")
 
 
 @dataclass(frozen=True)
@@ -91,6 +140,9 @@ class Catalog:
 
     def __init__(self, exports: Iterable[ExportSpec]) -> None:
         self.exports = tuple(exports)
+        for export in self.exports:
+            if not isinstance(export, ExportSpec):
+                raise TypeError(f"A catalog holds ExportSpec values, got {export!r}.")
         ids = [export.id for export in self.exports]
         if len(set(ids)) != len(ids):
             raise ValueError(f"Export ids must be unique, got {ids}.")

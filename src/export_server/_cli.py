@@ -35,13 +35,18 @@ def run(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Generation worker processes (default: one per CPU)."),
+        typer.Option(
+            min=1, help="Generation worker processes (default: one per CPU available to it)."
+        ),
     ] = None,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
             file_okay=False,
-            help="Cache complete bodies here and serve later requests from disk.",
+            help=(
+                "Cache complete bodies here and serve later requests from disk, in large chunks"
+                " not cut at line ends."
+            ),
         ),
     ] = None,
     fail_rate: Annotated[

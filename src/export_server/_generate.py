@@ -7,19 +7,11 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from math import cos, log, sin, sqrt, tau
 
-from ._catalog import DownloadSpec
+from ._catalog import EVENT_VALUE_PARAMS, DownloadSpec
 
 __all__ = ["CSV_HEADER", "EVENT_VALUE_PARAMS", "generate_body"]
 
 CSV_HEADER = b"patient_id,event_time,event_type,value\n"
-
-EVENT_VALUE_PARAMS: dict[str, tuple[int, int, int, int]] = {
-    "heart_rate": (75, 15, 30, 200),
-    "spo2": (97, 2, 70, 100),
-    "bp_sys": (120, 20, 60, 250),
-    "bp_dia": (80, 15, 30, 150),
-}
-"""Per event type: mean and standard deviation of its gaussian, then its lower and upper clamp."""
 
 _US_PER_SECOND = 1_000_000
 _US_PER_DAY = 86_400 * _US_PER_SECOND

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,13 +15,14 @@ from aiohttp import web
 
 from ._app import create_app
 from ._catalog import Catalog
-from ._exceptions import PortInUseError
+from ._exceptions import ListenError, PortInUseError
 from ._faults import FaultConfig
 
 __all__ = ["running_server", "serve"]
 
 # Streams still running at shutdown are cut after this long instead of delaying the stop.
 _SHUTDOWN_TIMEOUT = 1.0
+_BACKLOG = 128
 
 
 def _url(host: str, port: int) -> str:
@@ -38,29 +40,72 @@ async def serve(
 ) -> None:
     """Serve `app` until `stop` is set, calling `on_listening` with the base URL once bound.
 
-    Raises PortInUseError if the address is taken. Everything the app started (its workers) is
+    The address is bound before the app starts (and its workers with it). Raises ListenError
+    (PortInUseError if the address is taken) if the server cannot listen there, and what the
+    app's startup raises (CacheDirectoryError, WorkerError). Everything the app started is
     stopped before this returns, however it returns.
     """
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT,
-        **({} if access_log else {"access_log": None}),
-    )
-    await runner.setup()
+    sockets = await _bind(host, port)
     try:
-        site = web.TCPSite(runner, host, port)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            **({} if access_log else {"access_log": None}),
+        )
         try:
-            await site.start()
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(host, port) from None
-            raise
-        bound_port = runner.addresses[0][1]
-        on_listening(_url(host, bound_port))
-        await stop.wait()
+            await runner.setup()
+            for sock in sockets:
+                await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            on_listening(_url(host, sockets[0].getsockname()[1]))
+            await stop.wait()
+        finally:
+            # Also after a failed setup: it stops whatever part of the app had started.
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        for sock in sockets:
+            sock.close()
+
+
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of `host`; raises ListenError.
+
+    Connections wait in the backlog until the app has started and its sites accept them.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenError(host, port, f"the host cannot be resolved ({exc.strerror})") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            # Listen at once: a bound socket that does not listen yet does not keep another
+            # server (with SO_REUSEADDR) from binding the same port meanwhile.
+            sock.listen(_BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _listen_error(host, port, exc) from None
+    return sockets
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUseError(host, port)
+    if exc.errno == errno.EACCES:
+        return ListenError(host, port, "permission denied (ports below 1024 need privileges)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ListenError(host, port, "the address is not one of this machine's")
+    return ListenError(host, port, (exc.strerror or str(exc)).lower())
 
 
 @contextmanager

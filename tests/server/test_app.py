@@ -124,17 +124,62 @@ async def test_unknown_download(server_url: str, catalog: Catalog, suffix: str) 
         )
 
 
+_DEMO_0 = "f725622a-22ea-4acc-aab8-810ec8b5e2c6"
+_DEMO_0_HEX = _DEMO_0.replace("-", "")
+
+
+@pytest.mark.parametrize(
+    "download_id",
+    [
+        _DEMO_0,
+        _DEMO_0.upper(),
+        _DEMO_0_HEX,
+        _DEMO_0_HEX.upper(),
+        # Also accepted by the reference (pydantic's UUID parses them), odd as they are.
+        "{" + _DEMO_0 + "}",
+        "urn:uuid:" + _DEMO_0,
+    ],
+)
+async def test_download_id_forms_the_reference_accepts(
+    reference_url: str, download_id: str
+) -> None:
+    status, body = await get_json(f"{reference_url}/api/export/demo/{download_id}")
+    assert status == 200
+    assert isinstance(body, dict)
+    assert body["data"]["id"] == _DEMO_0
+
+
 @pytest.mark.parametrize("suffix", ["", "/data"])
 @pytest.mark.parametrize(
-    "download_id", ["not-a-uuid", "..x", "123", "f725622a-22ea-4acc-aab8-810ec8b5e2c", "a%2Fb"]
+    "download_id",
+    [
+        "not-a-uuid",
+        "..x",
+        "123",
+        _DEMO_0[:-1],
+        "a%2Fb",
+        # Each of these is a UUID to `uuid.UUID`, and not to the reference.
+        "{" + _DEMO_0_HEX + "}",
+        "{" + _DEMO_0,
+        "{{" + _DEMO_0 + "}}",
+        "urn:uuid:" + _DEMO_0_HEX,
+        "urn:" + _DEMO_0,
+        "uuid:" + _DEMO_0,
+        "f725-622a22ea4accaab8810ec8b5e2c6",
+        _DEMO_0_HEX[:12] + "-" + _DEMO_0_HEX[12:],
+        "+" + _DEMO_0_HEX[:-1],
+        _DEMO_0_HEX[:8] + "_" + _DEMO_0_HEX[9:],
+    ],
 )
 async def test_download_id_that_is_not_a_uuid(
-    server_url: str, suffix: str, download_id: str
+    reference_url: str, suffix: str, download_id: str
 ) -> None:
-    status, body = await get_json(f"{server_url}/api/export/tiny/{download_id}{suffix}")
+    status, body = await get_json(f"{reference_url}/api/export/demo/{download_id}{suffix}")
     assert status == 422
     assert isinstance(body, dict)
+    assert list(body) == ["detail"]
     [error] = body["detail"]
+    assert error["type"] == "uuid_parsing"
     assert error["loc"] == ["path", "download_id"]
 
 

@@ -1,6 +1,7 @@
+import dataclasses
 import itertools
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -83,3 +84,37 @@ def test_export_ids_must_be_unique() -> None:
     )
     with pytest.raises(ValueError, match="unique"):
         Catalog([spec, spec])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"downloads": 0}, "at least one download"),
+        ({"min_rows": 0}, "1 <= min_rows <= max_rows"),
+        ({"min_rows": 201, "max_rows": 200}, "1 <= min_rows <= max_rows"),
+        ({"event_types": ()}, "at least one event type"),
+        ({"event_types": ("heart_rate", "temperature")}, "unknown event types \\['temperature'\\]"),
+        ({"patient_pool": ("T001",)}, "at least 2 patients"),
+        ({"first_start": datetime(2025, 1, 1, tzinfo=UTC)}, "naive first_start"),
+        ({"step": timedelta(0)}, "positive step"),
+        ({"step": timedelta(seconds=-1)}, "positive step"),
+    ],
+)
+def test_export_specs_are_validated(
+    tiny: ExportSpec, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(tiny, **changes)  # type: ignore[arg-type]
+
+
+def test_the_smallest_valid_export(tiny: ExportSpec) -> None:
+    spec = dataclasses.replace(
+        tiny, downloads=1, min_rows=1, max_rows=1, event_types=("spo2",), patient_pool=("A", "B")
+    )
+    [download] = Catalog([spec]).downloads("tiny") or []
+    assert download.rows == 1
+
+
+def test_a_catalog_holds_export_specs() -> None:
+    with pytest.raises(TypeError, match="ExportSpec"):
+        Catalog(["demo"])  # type: ignore[list-item]

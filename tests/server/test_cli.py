@@ -1,10 +1,14 @@
+import http.client
 import json
+import os
 import re
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,18 +17,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from export_server import REFERENCE_CATALOG
 from export_server._cli import app
 
 LISTENING = re.compile(r"^export server listening on (http://127\.0\.0\.1:(\d+))\n$")
 
 
 @contextmanager
-def server_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+def server_process(*args: str, new_session: bool = False) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "export_server", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
     try:
         yield process
@@ -74,6 +80,95 @@ def test_serves_then_stops_cleanly_on_signal(tmp_path: Path, signum: signal.Sign
     assert list(tmp_path.iterdir()) == []
     # The workers went with the server (and were reaped by it).
     assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm", "ctrl-c-to-the-group"])
+def test_a_signal_while_clients_are_reading_stops_quietly(tmp_path: Path, ctrl_c: bool) -> None:
+    # One worker for both streams: it is then sending at the stop, the case that used to fail.
+    args = ("--port", "0", "--workers", "1", "--cache-dir", str(tmp_path))
+    # In a session of its own, so that a signal to its process group is like a Ctrl-C at the
+    # terminal it would run in, and does not reach pytest.
+    with server_process(*args, new_session=True) as process:
+        match = LISTENING.match(read_line(process))
+        assert match, "unexpected first line"
+        base = match.group(1)
+        received = [0, 0]
+
+        def read(slot: int, download_id: str) -> None:
+            url = f"{base}/api/export/small/{download_id}/data"
+            try:
+                with urllib.request.urlopen(url, timeout=20) as response:
+                    while chunk := response.read(1 << 16):
+                        received[slot] += len(chunk)
+            except (http.client.IncompleteRead, OSError):
+                pass  # the server stopped mid-body, as it should
+
+        # The two longest of `small` (about 1M rows each): generating either takes longer than
+        # the grace period the server gives unfinished streams at a stop.
+        longest = sorted(REFERENCE_CATALOG.downloads("small") or [], key=lambda d: -d.rows)[:2]
+        readers = [
+            threading.Thread(target=read, args=(slot, str(download.id)))
+            for slot, download in enumerate(longest)
+        ]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 20
+        while min(received) < 1 << 18 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Both workers are sending as fast as the clients read when the signal comes.
+        assert min(received) >= 1 << 18
+        if ctrl_c:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        for reader in readers:
+            reader.join(timeout=20)
+        assert process.stderr is not None
+        rest = process.stderr.read()
+    assert "Traceback" not in rest, rest
+    assert rest == ""
+    # A stream that the stop cut leaves no temporary file (one that finished in the grace
+    # period would leave a whole body).
+    assert [path.name for path in tmp_path.iterdir() if path.suffix == ".tmp"] == []
+
+
+def test_a_ctrl_c_while_the_workers_start_stops_quietly() -> None:
+    with server_process("--port", "0", "--workers", "2", new_session=True) as process:
+        deadline = time.monotonic() + 20
+        while not _children_of(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # The workers are importing now: a Ctrl-C at the terminal must not reach them.
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+        assert process.stderr is not None
+        output = process.stderr.read()
+    assert "Traceback" not in output, output
+    assert "KeyboardInterrupt" not in output, output
+
+
+def test_an_address_of_another_machine_is_one_clear_line() -> None:
+    # 192.0.2.1 is TEST-NET-1: never an address of this machine.
+    with server_process("--host", "192.0.2.1", "--port", "0", "--workers", "1") as process:
+        assert process.wait(timeout=20) == 1
+        assert process.stderr is not None
+        output = process.stderr.read()
+    assert output == (
+        "error: Cannot listen on 192.0.2.1:0: the address is not one of this machine's.\n"
+    )
+
+
+def test_a_cache_dir_that_cannot_be_created_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ("--port", "0", "--workers", "1", "--cache-dir", str(blocker / "cache"))
+    with server_process(*args) as process:
+        assert process.wait(timeout=20) == 1
+        assert process.stderr is not None
+        output = process.stderr.read()
+    assert output == (
+        f"error: Cannot use the cache directory {blocker / 'cache'}: not a directory.\n"
+    )
 
 
 def _children_of(pid: int) -> list[int]:

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,14 @@ async def test_error_rate_gives_503_with_retry_after(catalog: Catalog) -> None:
     faults = FaultConfig(error_rate=1.0, retry_after=7)
     with running_server(catalog=catalog, workers=1, faults=faults) as base:
         async with aiohttp.ClientSession() as session:
-            for path in ("/api/export", "/api/export/tiny", "/api/nothing"):
+            download = (catalog.downloads("tiny") or [])[0]
+            for path in (
+                "/api/export",
+                "/api/export/tiny",
+                f"/api/export/tiny/{download.id}",
+                f"/api/export/tiny/{download.id}/data",
+                "/api/nothing",
+            ):
                 async with session.get(base + path) as response:
                     assert response.status == 503
                     assert response.headers["Retry-After"] == "7"
@@ -61,33 +69,67 @@ async def test_fail_rate_cuts_data_streams(catalog: Catalog, tmp_path: Path, cac
 async def test_latency_delays_every_response(catalog: Catalog) -> None:
     with running_server(catalog=catalog, workers=1, faults=FaultConfig(latency=0.3)) as base:
         async with aiohttp.ClientSession() as session:
-            for path in ("/api/export", "/api/nothing"):
+            download = (catalog.downloads("tiny") or [])[0]
+            for path in ("/api/export", f"/api/export/tiny/{download.id}/data", "/api/nothing"):
                 start = time.monotonic()
                 async with session.get(base + path) as response:
-                    await response.read()
+                    body = await response.read()
                 assert time.monotonic() - start >= 0.3
+            assert body == b'{"detail":"Not Found"}'
+            async with session.get(f"{base}/api/export/tiny/{download.id}/data") as response:
+                assert await response.read() == b"".join(generate_body(download))
 
 
-async def fault_trace(catalog: Catalog, seed: int) -> list[tuple[str, int, bytes, bool]]:
+Trace = dict[tuple[str, int], tuple[int, bytes, bool]]
+
+
+async def fault_trace(catalog: Catalog, seed: int, *, concurrent: bool = False) -> Trace:
+    """What the k-th request of each path got: its status, body, and whether it ended properly.
+
+    Sequentially, the paths take turns. Concurrently, every path has its own task (started in
+    the reverse order) that sends that path's requests one after another, while the other paths'
+    requests run at the same time.
+    """
     downloads = catalog.downloads("tiny") or []
     paths = ["/api/export", "/api/export/tiny"] + [
-        f"/api/export/tiny/{d.id}/data" for d in downloads
+        f"/api/export/tiny/{d.id}{suffix}" for d in downloads for suffix in ("", "/data")
     ]
     faults = FaultConfig(fail_rate=0.5, error_rate=0.3, seed=seed)
-    with running_server(catalog=catalog, workers=1, faults=faults) as base:
+    trace: Trace = {}
+    with running_server(catalog=catalog, workers=2, faults=faults) as base:
         async with aiohttp.ClientSession() as session:
-            return [
-                (path, *await read_data(session, base + path)) for _ in range(4) for path in paths
-            ]
+
+            async def requests(path: str, numbers: range) -> None:
+                for number in numbers:
+                    trace[path, number] = await read_data(session, base + path)
+
+            if concurrent:
+                await asyncio.gather(*(requests(path, range(4)) for path in reversed(paths)))
+            else:
+                for number in range(4):
+                    for path in paths:
+                        await requests(path, range(number, number + 1))
+    return trace
 
 
 async def test_a_seed_replays_the_same_faults(catalog: Catalog) -> None:
     first = await fault_trace(catalog, seed=11)
     assert first == await fault_trace(catalog, seed=11)
     assert first != await fault_trace(catalog, seed=12)
-    assert any(status == 503 for _, status, _, _ in first)
-    assert any(not complete for *_, complete in first)
-    assert any(status == 200 and complete for _, status, _, complete in first)
+    outcomes = list(first.values())
+    assert any(status == 503 for status, _, _ in outcomes)
+    assert any(not complete for *_, complete in outcomes)
+    assert any(status == 200 and complete for status, _, complete in outcomes)
+
+
+async def test_a_seed_replays_the_same_faults_whatever_the_interleaving(
+    catalog: Catalog,
+) -> None:
+    sequential = await fault_trace(catalog, seed=5)
+    assert await fault_trace(catalog, seed=5, concurrent=True) == sequential
+    data = [outcome for (path, _), outcome in sequential.items() if path.endswith("/data")]
+    assert any(status == 503 for status, _, _ in data)
+    assert any(status == 200 and not complete for status, _, complete in data)
 
 
 def test_rates_are_validated() -> None:

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import export_server
 
 
@@ -10,12 +13,27 @@ def test_all_is_sorted() -> None:
     assert export_server.__all__ == sorted(export_server.__all__, key=_isort_key)
 
 
-def test_all_lists_every_public_name() -> None:
-    public = {
-        name
-        for name, value in vars(export_server).items()
-        if not name.startswith("_") and getattr(value, "__module__", "").startswith("export_server")
-    }
-    assert set(export_server.__all__) == public | {"CSV_HEADER", "REFERENCE_CATALOG"}
+def test_all_lists_every_public_name_and_each_has_a_home() -> None:
+    from export_server import _HOMES  # type: ignore[attr-defined]
+
+    assert sorted(_HOMES) == sorted(export_server.__all__)
     for name in export_server.__all__:
-        assert hasattr(export_server, name)
+        value = getattr(export_server, name)
+        assert getattr(value, "__module__", "export_server").startswith("export_server"), name
+
+
+def test_every_public_exception_derives_from_the_base() -> None:
+    for name in export_server.__all__:
+        value = getattr(export_server, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, export_server.ExportServerError), name
+            assert value.__doc__, f"{name} has no docstring"
+
+
+def test_a_worker_imports_without_aiohttp_or_asyncio() -> None:
+    probe = (
+        "import sys, export_server._worker_entry; "
+        "print(sorted(m for m in ('aiohttp', 'asyncio') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

@@ -1,10 +1,24 @@
+import errno
+import os
 import socket
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from export_server import Catalog, PortInUseError, create_app, running_server
+from export_server import (
+    CacheDirectoryError,
+    Catalog,
+    ListenError,
+    PortInUseError,
+    _workers,
+    create_app,
+    running_server,
+)
+from export_server._app import _default_workers
+from export_server._server import _listen_error
 
 
 def test_running_server_yields_a_loopback_url_and_stops(catalog: Catalog) -> None:
@@ -35,3 +49,76 @@ def test_running_server_takes_an_app_or_options_not_both(catalog: Catalog) -> No
         running_server(create_app(catalog, workers=1), workers=1),
     ):
         pass
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("192.0.2.1", "the address is not one of this machine's"),
+        ("nosuchhost.invalid", "the host cannot be resolved"),
+    ],
+)
+def test_running_server_reports_an_address_it_cannot_listen_on(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, host: str, reason: str
+) -> None:
+    started: list[int] = []
+    real_start = _workers._start_process
+
+    def start_process(fd: int) -> subprocess.Popen[bytes]:
+        started.append(fd)
+        return real_start(fd)
+
+    monkeypatch.setattr(_workers, "_start_process", start_process)
+    with (
+        pytest.raises(ListenError, match=f"^Cannot listen on {host}:0: {reason}"),
+        running_server(catalog=catalog, workers=1, host=host),
+    ):
+        pass
+    # The address is bound before the workers start, so none was started in vain.
+    assert started == []
+
+
+def test_running_server_reports_a_cache_dir_it_cannot_create(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with (
+        pytest.raises(CacheDirectoryError, match="a-file/cache: not a directory"),
+        running_server(catalog=catalog, workers=1, cache_dir=blocker / "cache"),
+    ):
+        pass
+
+
+def test_running_server_reports_a_cache_dir_it_may_not_create(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tests may run as root, whom file modes do not stop.
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with (
+        pytest.raises(CacheDirectoryError, match="cache: permission denied"),
+        running_server(catalog=catalog, workers=1, cache_dir=tmp_path / "cache"),
+    ):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (errno.EACCES, "permission denied (ports below 1024 need privileges)"),
+        (errno.EADDRNOTAVAIL, "the address is not one of this machine's"),
+        (errno.EINVAL, "invalid argument"),
+    ],
+)
+def test_bind_errors_become_listen_errors(error: int, reason: str) -> None:
+    exc = _listen_error("127.0.0.1", 80, OSError(error, os.strerror(error)))
+    assert type(exc) is ListenError
+    assert str(exc) == f"Cannot listen on 127.0.0.1:80: {reason}."
+    assert isinstance(_listen_error("::1", 80, OSError(errno.EADDRINUSE, "x")), PortInUseError)
+
+
+def test_the_default_worker_count_is_the_cpus_this_process_may_use() -> None:
+    assert _default_workers() == len(os.sched_getaffinity(0))

@@ -1,15 +1,24 @@
 import asyncio
 import contextlib
+import errno
 import os
 import signal
-import time
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from export_server import Catalog, WorkerCrashedError, WorkerPool, generate_body, running_server
+from export_server import (
+    Catalog,
+    WorkerCrashedError,
+    WorkerError,
+    WorkerPool,
+    _workers,
+    generate_body,
+    running_server,
+)
 
 
 @pytest.fixture
@@ -38,31 +47,27 @@ async def test_concurrent_streams_run_in_parallel_processes(
     pool: WorkerPool, catalog: Catalog
 ) -> None:
     downloads = (catalog.downloads("big") or [])[:2]
-    busy_before = [cpu_seconds(pid) for pid in pool.pids]
-    intervals: list[tuple[float, float]] = []
-
-    async def consume(stream: AsyncIterator[bytes]) -> bytes:
-        body = bytearray()
-        async for chunk in stream:
-            if not body:
-                start = time.monotonic()
-            body += chunk
-        intervals.append((start, time.monotonic()))
-        return bytes(body)
-
     streams = [pool.stream(download) for download in downloads]
-    first_chunks = [await anext(stream) for stream in streams]
+    bodies = [bytearray(await anext(stream)) for stream in streams]
     # Each stream went to its own worker process.
     assert pool.loads == [1, 1]
     assert len(set(pool.pids)) == 2
-    bodies = await asyncio.gather(*(consume(stream) for stream in streams))
-    for download, first, body in zip(downloads, first_chunks, bodies, strict=True):
-        assert first + body == b"".join(generate_body(download))
-    # Both processes did real work, and at the same time.
-    busy = [cpu_seconds(pid) - before for pid, before in zip(pool.pids, busy_before, strict=True)]
-    assert min(busy) > 0.05
-    (start_a, end_a), (start_b, end_b) = intervals
-    assert max(start_a, start_b) < min(end_a, end_b)
+
+    async def take(stream: AsyncIterator[bytes], body: bytearray, chunks: int) -> None:
+        for _ in range(chunks):
+            body += await anext(stream)
+
+    # A worker runs at most its credit (a few chunks) ahead of its reader, so the chunks read in
+    # this window were generated in it: both processes must have been busy in the same window.
+    # (About 0.1 s of CPU each; one process doing both, or one after the other, fails this.)
+    before = [cpu_seconds(pid) for pid in pool.pids]
+    await asyncio.gather(*(take(s, b, 80) for s, b in zip(streams, bodies, strict=True)))
+    busy = [cpu_seconds(pid) - start for pid, start in zip(pool.pids, before, strict=True)]
+    assert min(busy) >= 0.04, busy
+    for download, stream, body in zip(downloads, streams, bodies, strict=True):
+        async for chunk in stream:
+            body += chunk
+        assert body == b"".join(generate_body(download))
 
 
 async def test_a_stalled_stream_does_not_stall_others_on_its_worker(catalog: Catalog) -> None:
@@ -94,22 +99,98 @@ async def test_closing_a_stream_cancels_its_job(pool: WorkerPool, catalog: Catal
 async def test_a_dead_worker_fails_its_streams_and_is_replaced(
     pool: WorkerPool, catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stream = pool.stream((catalog.downloads("big") or [])[0])
-    await anext(stream)
-    [victim] = [pid for pid, load in zip(pool.pids, pool.loads, strict=True) if load]
-    os.kill(victim, signal.SIGKILL)
-    with pytest.raises(WorkerCrashedError, match=str(victim)):
-        async for _ in stream:
-            pass
-    for _ in range(100):
-        if victim not in pool.pids and len(pool.pids) == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert victim not in pool.pids
-    assert "died" in caplog.text
-    download = (catalog.downloads("tiny") or [])[1]
-    for _ in range(3):
-        assert [c async for c in pool.stream(download)] == list(generate_body(download))
+    async with asyncio.timeout(30):
+        stream = pool.stream((catalog.downloads("big") or [])[0])
+        await anext(stream)
+        [victim] = [pid for pid, load in zip(pool.pids, pool.loads, strict=True) if load]
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError, match=str(victim)):
+            async for _ in stream:
+                pass
+        for _ in range(100):
+            if victim not in pool.pids and len(pool.pids) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert victim not in pool.pids
+        assert "died" in caplog.text
+        download = (catalog.downloads("tiny") or [])[1]
+        for _ in range(3):
+            assert [c async for c in pool.stream(download)] == list(generate_body(download))
+
+
+async def test_a_stream_started_while_the_only_worker_is_replaced_does_not_hang(
+    catalog: Catalog,
+) -> None:
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+        async with asyncio.timeout(30):
+            stream = pool.stream((catalog.downloads("big") or [])[0])
+            await anext(stream)
+            [victim] = pool.pids
+            os.kill(victim, signal.SIGKILL)
+            with pytest.raises(WorkerCrashedError):
+                async for _ in stream:
+                    pass
+            # The pool saw the death and is replacing the worker right now: the dead one must
+            # not get this stream (it would wait for it forever).
+            assert pool.pids == [victim]
+            download = (catalog.downloads("tiny") or [])[0]
+            assert [c async for c in pool.stream(download)] == list(generate_body(download))
+            assert pool.pids != [victim]
+    finally:
+        await pool.stop()
+
+
+async def test_a_worker_that_cannot_be_restarted_fails_new_streams(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+
+        def cannot_start(fd: int) -> subprocess.Popen[bytes]:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(_workers, "_start_process", cannot_start)
+        monkeypatch.setattr(_workers, "_RESPAWN_BACKOFF", 0.01)
+        async with asyncio.timeout(30):
+            [victim] = pool.pids
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(1000):
+                if "died" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+            # This stream waits for the restarts, which all fail.
+            download = (catalog.downloads("tiny") or [])[0]
+            with pytest.raises(WorkerCrashedError, match="none could be started"):
+                async for _ in pool.stream(download):
+                    pass
+        assert caplog.text.count("Cannot start a worker process") == _workers._RESPAWN_LIMIT
+        assert "Giving up" in caplog.text
+    finally:
+        await pool.stop()
+
+
+async def test_a_pool_that_fails_to_start_stops_the_workers_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    real_start = _workers._start_process
+
+    def start_one_only(fd: int) -> subprocess.Popen[bytes]:
+        if started:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        started.append(real_start(fd))
+        return started[-1]
+
+    monkeypatch.setattr(_workers, "_start_process", start_one_only)
+    pool = WorkerPool(3)
+    with pytest.raises(WorkerError, match="Cannot start a worker process"):
+        await pool.start()
+    [process] = started
+    assert process.returncode is not None
+    assert pool.pids == []
 
 
 async def test_a_dead_worker_cuts_the_http_stream(catalog: Catalog) -> None:
