@@ -111,6 +111,10 @@ class Spread:
     def of(cls, values: Sequence[float]) -> Spread:
         return cls(statistics.median(values), min(values), max(values))
 
+    def text(self, fmt: str) -> str:
+        """`median (min..max)` in a format."""
+        return f"{self.median:{fmt}} ({self.min:{fmt}}..{self.max:{fmt}})"
+
 
 @dataclass
 class Level:
@@ -346,8 +350,16 @@ class Bench:
         )
 
 
+@dataclass
+class Server:
+    """A running server process and its base URL."""
+
+    process: subprocess.Popen[str]
+    url: str
+
+
 @contextlib.contextmanager
-def running_server(workers: int, cache_dir: Path | None) -> Iterator[str]:
+def running_server(workers: int, cache_dir: Path | None) -> Iterator[Server]:
     """Starts the project's server on a free loopback port; stops it with SIGTERM on exit."""
     command = [sys.executable, "-m", "export_server", "--port", "0", "--workers", str(workers)]
     if cache_dir is not None:
@@ -380,7 +392,7 @@ def running_server(workers: int, cache_dir: Path | None) -> Iterator[str]:
     try:
         if not announced.wait(SERVER_START_SECONDS) or not url:
             raise BenchmarkError(f"the server did not start: {''.join(lines).strip()}")
-        yield url[0]
+        yield Server(process, url[0])
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -481,7 +493,7 @@ def machine() -> dict[str, Any]:
 
 
 def _range(spread: Spread, fmt: str) -> str:
-    return f"{spread.median:{fmt}} ({spread.min:{fmt}}..{spread.max:{fmt}})"
+    return spread.text(fmt)
 
 
 def render_table(summary: dict[str, list[Level]]) -> None:
@@ -803,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
                     cache_dir = workdir / "cache" if mode == "cached" else None
                     if cache_dir is not None:
                         cache_dir.mkdir()
-                    with running_server(args.server_workers, cache_dir) as url:
+                    with running_server(args.server_workers, cache_dir) as server:
+                        url = server.url
                         console.print(f"{mode}: server at {url} ({args.server_workers} workers)")
                         if cache_dir is not None:
                             warm_cache(bench, url, cache_dir, args.server_workers)

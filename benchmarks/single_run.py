@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir = args.cache_dir if mode == "cached" else None
                 if cache_dir is not None:
                     cache_dir.mkdir(parents=True, exist_ok=True)
-                with running_server(args.server_workers, cache_dir) as url:
+                with running_server(args.server_workers, cache_dir) as server:
+                    url = server.url
                     if cache_dir is not None:
                         warm(args, url, cache_dir)
                     for _ in range(args.repeats):
