@@ -9,7 +9,6 @@ import traceback
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
 
 import orjson
 import typer
@@ -20,7 +19,13 @@ from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperCommand
 
 from . import __version__
-from ._client import DEFAULT_CONCURRENCY, DEFAULT_SERVER, DEFAULT_TIMEOUT, ExportClient
+from ._client import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_SERVER,
+    DEFAULT_TIMEOUT,
+    ExportClient,
+    check_server_url,
+)
 from ._exceptions import ExportClientError, UnknownExportError
 from ._mock import mock_server
 from ._models import ExportReport
@@ -62,9 +67,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def _server_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise typer.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    try:
+        check_server_url(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     return value
 
 

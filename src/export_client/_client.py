@@ -28,6 +28,13 @@ DEFAULT_TIMEOUT = 60.0
 T = TypeVar("T")
 
 
+def check_server_url(url: str) -> None:
+    """Raises ValueError unless `url` is an http:// or https:// URL with a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+
+
 class ExportClient:
     """A client for one export server.
 
@@ -51,9 +58,7 @@ class ExportClient:
         max_line_bytes: int = 1 << 20,
         progress: ProgressListener | None = None,
     ) -> None:
-        parts = urlsplit(server)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"server must be an http:// or https:// URL, not {server!r}")
+        check_server_url(server)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if timeout <= 0:

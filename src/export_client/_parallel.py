@@ -125,7 +125,9 @@ class AdaptiveCounting:
     which on a shared machine comes out of the server's cores. So blocks go to the workers
     only while counting would take more than `share` of the event loop's time: measured
     directly while counting inline, and estimated from the input rate and the inline
-    counting rate while the workers count.
+    counting rate while the workers count. Counting is timed in CPU time, not wall time:
+    on a busy machine (the server generating on the same cores) a descheduled count would
+    otherwise look slow and send work to the pool, which only makes the machine busier.
     """
 
     def __init__(
@@ -141,10 +143,10 @@ class AdaptiveCounting:
         self._inline = InlineCounting()
         self._pool: PoolCounting | None = None
         self._offloading = False
-        self._capacity = 0.0  # bytes per second that count_block reaches in this process
+        self._capacity = 0.0  # bytes per CPU second that count_block reaches in this process
         self._window_start = time.perf_counter()
         self._window_bytes = 0
-        self._window_counting = 0.0  # seconds spent counting inline in this window
+        self._window_counting = 0.0  # CPU seconds spent counting inline in this window
 
     @property
     def offloading(self) -> bool:
@@ -166,9 +168,9 @@ class AdaptiveCounting:
                 pool = PoolCounting(self.workers, inline_until_ready=True)
                 self._pool = await pool.__aenter__()
             return await self._pool.submit(block, layout)
-        started = time.perf_counter()
+        started = time.thread_time()
         counted = await self._inline.submit(block, layout)
-        elapsed = time.perf_counter() - started
+        elapsed = time.thread_time() - started
         self._window_counting += elapsed
         if elapsed > 0:
             rate = len(block) / elapsed
