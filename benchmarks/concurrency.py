@@ -10,7 +10,7 @@ subprocess, interleaved with as many runs of the transfer-only baseline
 (`benchmarks/transfer_only.py`: the same downloads at the same concurrency, read and discarded).
 Per run it records wall seconds, the client's rows, bytes and retries (from its `-t` line), the
 user+sys CPU seconds of the process and its reaped worker processes (`os.wait4`), the peak RSS
-of the whole process tree (VmRSS of the process and its descendants, sampled every 20 ms) and
+of the whole process tree (RSS and PSS of the process and its descendants, sampled every 100 ms) and
 `ru_maxrss` (the largest single process). It reports medians with min/max, and the ratios
 client/baseline of wall time and rows/s: wall time alone is noise on a shared machine, ratios
 measured side by side are not. Every client run must exit 0 and print the same counts, equal to
@@ -61,7 +61,9 @@ ROOT = HERE.parent
 # Measured processes and servers may keep compiled modules, as they would anywhere else.
 CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 TRANSFER_ONLY = HERE / "transfer_only.py"
-SAMPLE_SECONDS = 0.02
+# Reading smaps_rollup walks a process's page tables: sampled more often, the measurement
+# itself would slow the measured client down on a 2-core machine.
+SAMPLE_SECONDS = 0.1
 SERVER_START_SECONDS = 30.0
 # A level whose median rows/s is within this fraction of the best counts as good as the best.
 NEAR_BEST = 0.05
@@ -144,21 +146,14 @@ class BenchmarkError(Exception):
     """A run failed, or counted something different from the other runs."""
 
 
-def _parent_pids() -> dict[int, int]:
-    """pid -> parent pid of every process, from /proc/<pid>/stat."""
-    parents = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        # The command name in parentheses may contain spaces: split after its last ')'.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-    return parents
+def _children(pid: int) -> list[int]:
+    """The child pids of a process, from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"{task.path}/children", "rb") as file:
+                found.extend(map(int, file.read().split()))
+    return found
 
 
 def _tree_memory_kb(root: int) -> tuple[int, int]:
@@ -167,15 +162,11 @@ def _tree_memory_kb(root: int) -> tuple[int, int]:
     RSS counts pages shared between the processes (the interpreter, libraries) once per
     process; PSS divides them among the sharers, so its sum is what the tree really holds.
     """
-    parents = _parent_pids()
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
     rss = pss = 0
     stack = [root]
     while stack:
         pid = stack.pop()
-        stack.extend(children.get(pid, ()))
+        stack.extend(_children(pid))
         with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup", "rb") as file:
             for line in file:
                 if line.startswith(b"Rss:"):

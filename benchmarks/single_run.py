@@ -9,7 +9,7 @@ server it starts on a free loopback port (`generating`: no cache; `cached`: `--c
 by one transfer-only pass first, which is quick when the cache is warm already) or
 against `--server`. Per run it reports the whole process's wall seconds, the client's own seconds
 (`--time`), rows/s, CPU seconds of the client and its counting workers, and peak memory: the
-main process's RSS, and the whole client process tree's RSS and PSS, sampled every 20 ms (the
+main process's RSS, and the whole client process tree's RSS and PSS, sampled every 100 ms (the
 same measurement as `concurrency.py`). The output must equal `<export>.json` at the repository
 root when that file exists. Each run is appended to `results/single-runs.json`.
 """
