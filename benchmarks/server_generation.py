@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import os
@@ -394,7 +393,6 @@ def machine() -> dict[str, Any]:
         "curl": subprocess.run(
             ["curl", "--version"], capture_output=True, text=True, check=True
         ).stdout.split()[1],
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

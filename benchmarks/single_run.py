@@ -17,7 +17,6 @@ root when that file exists. Each run is appended to `results/single-runs.json`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import shlex
 import sys
@@ -106,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     info = machine()
-    info["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-single-") as scratch:
