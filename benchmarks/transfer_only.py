@@ -3,8 +3,8 @@
     uv run python benchmarks/transfer_only.py EXPORT -s URL [-c N]
 
 Does what the client does on the network and nothing else: the same discovery through
-`ExportAPI` (export list, download ids, every download's metadata), the same aiohttp session
-settings as `ExportClient.__aenter__`, the same number of downloads in flight (a semaphore),
+`ExportAPI` (export list, download ids, every download's metadata), the very aiohttp session
+`ExportClient` opens (`make_session`), the same number of downloads in flight (a semaphore),
 and then reads each body and only counts its bytes and line ends. No retries: a broken or short
 download is an error (exit 1), since a baseline that silently fetched less would flatter the
 client. Prints one JSON object on stdout: downloads, rows, bytes, seconds.
@@ -18,21 +18,11 @@ import asyncio
 import sys
 import time
 
-import aiohttp
 import orjson
 
-from export_client._client import DEFAULT_TIMEOUT
+from export_client._client import DEFAULT_TIMEOUT, make_session
 from export_client._http import ExportAPI
 from export_client._models import DownloadInfo
-
-
-def _session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
-    """A session set up exactly like `ExportClient.__aenter__` sets up its own."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
-        connector=aiohttp.TCPConnector(limit=concurrency + 4),
-        read_bufsize=1 << 20,
-    )
 
 
 async def _drain(api: ExportAPI, export_id: str, info: DownloadInfo) -> tuple[int, int]:
@@ -60,7 +50,7 @@ async def fetch_all(
 ) -> dict[str, float | int]:
     """Fetches and discards every download of an export; returns what was transferred."""
     started = time.perf_counter()
-    async with _session(concurrency, idle_timeout) as session:
+    async with make_session(concurrency=concurrency, timeout=idle_timeout) as session:
         api = ExportAPI(session, server)
         known = await api.export_ids()
         if export_id not in known:

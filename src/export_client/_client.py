@@ -35,6 +35,17 @@ def check_server_url(url: str) -> None:
         raise ValueError(f"{url!r} is not an http:// or https:// URL")
 
 
+def make_session(*, concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """The HTTP session `ExportClient` streams with (the transfer-only benchmark uses it too)."""
+    return aiohttp.ClientSession(
+        # Connect and idle-read bounds only: a healthy stream of any length
+        # must never time out, a stalled one must.
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
+        connector=aiohttp.TCPConnector(limit=concurrency + 4),
+        read_bufsize=1 << 17,
+    )
+
+
 class ExportClient:
     """A client for one export server.
 
@@ -76,13 +87,7 @@ class ExportClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ExportClient:
-        self._session = aiohttp.ClientSession(
-            # Connect and idle-read bounds only: a healthy stream of any length
-            # must never time out, a stalled one must.
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
-            connector=aiohttp.TCPConnector(limit=self.concurrency + 4),
-            read_bufsize=1 << 17,
-        )
+        self._session = make_session(concurrency=self.concurrency, timeout=self.timeout)
         return self
 
     async def __aexit__(
