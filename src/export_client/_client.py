@@ -24,6 +24,9 @@ from ._retry import RetryPolicy
 DEFAULT_SERVER = "http://localhost:8000"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT = 60.0
+# Exports with more rows than this start their counting workers before the first block:
+# about a quarter of a second of counting on one core, more than the workers take to start.
+EAGER_WORKERS_ROWS = 1_000_000
 
 T = TypeVar("T")
 
@@ -144,7 +147,7 @@ class ExportClient:
         downloads = await self.downloads(export_id)
         self.progress.started(downloads)
         try:
-            async with self._counting_for() as counting:
+            async with self._counting_for(downloads) as counting:
                 orchestrator = Orchestrator(
                     api=self.api,
                     export_id=export_id,
@@ -184,9 +187,12 @@ class ExportClient:
             warnings=tuple(warnings),
         )
 
-    def _counting_for(self) -> BlockCounting:
+    def _counting_for(self, downloads: list[DownloadInfo]) -> BlockCounting:
         if self.workers is None:
-            return AdaptiveCounting(len(os.sched_getaffinity(0)))
+            rows = sum(download.rows for download in downloads)
+            return AdaptiveCounting(
+                len(os.sched_getaffinity(0)), start_workers=rows > EAGER_WORKERS_ROWS
+            )
         return PoolCounting(self.workers) if self.workers else InlineCounting()
 
     async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:

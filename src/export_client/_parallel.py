@@ -128,6 +128,10 @@ class AdaptiveCounting:
     counting rate while the workers count. Counting is timed in CPU time, not wall time:
     on a busy machine (the server generating on the same cores) a descheduled count would
     otherwise look slow and send work to the pool, which only makes the machine busier.
+
+    The workers start when the first block needs them, or on entry with `start_workers`:
+    for an export known to be large, so that they are ready by the end of the first window
+    instead of about 0.1 s after it, while blocks are counted inline.
     """
 
     def __init__(
@@ -135,11 +139,13 @@ class AdaptiveCounting:
         workers: int | None = None,
         *,
         share: float = 0.5,
-        window: float = 0.25,
+        window: float = 0.1,
+        start_workers: bool = False,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         self._share = share
         self._window = window
+        self.start_workers = start_workers
         self._inline = InlineCounting()
         self._pool: PoolCounting | None = None
         self._offloading = False
@@ -154,6 +160,8 @@ class AdaptiveCounting:
         return self._offloading
 
     async def __aenter__(self) -> AdaptiveCounting:
+        if self.start_workers:
+            await self._enter_pool()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -164,10 +172,8 @@ class AdaptiveCounting:
     async def submit(self, block: bytes, layout: CsvLayout) -> Awaitable[BlockCount]:
         self._decide(len(block))
         if self._offloading:
-            if self._pool is None:
-                pool = PoolCounting(self.workers, inline_until_ready=True)
-                self._pool = await pool.__aenter__()
-            return await self._pool.submit(block, layout)
+            pool = self._pool or await self._enter_pool()
+            return await pool.submit(block, layout)
         started = time.thread_time()
         counted = await self._inline.submit(block, layout)
         elapsed = time.thread_time() - started
@@ -176,6 +182,10 @@ class AdaptiveCounting:
             rate = len(block) / elapsed
             self._capacity = rate if not self._capacity else 0.8 * self._capacity + 0.2 * rate
         return counted
+
+    async def _enter_pool(self) -> PoolCounting:
+        self._pool = await PoolCounting(self.workers, inline_until_ready=True).__aenter__()
+        return self._pool
 
     def _decide(self, size: int) -> None:
         self._window_bytes += size

@@ -20,6 +20,8 @@ from export_client._exceptions import (
     ServerUnreachableError,
     UnknownExportError,
 )
+from export_client._models import DownloadInfo
+from export_client._parallel import AdaptiveCounting, InlineCounting, PoolCounting
 
 BASE = "http://server.test"
 HEADER = b"patient_id,event_time,event_type,value\n"
@@ -301,3 +303,21 @@ async def test_metadata_of_another_download_is_refused(mocked: aioresponses) -> 
 def test_a_server_that_is_not_an_http_url_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         ExportClient("localhost:8000")
+
+
+@pytest.mark.parametrize(("rows", "eager"), [(1_000_000, False), (1_000_001, True)])
+def test_workers_start_at_once_only_for_a_large_export(rows: int, eager: bool) -> None:
+    halves = (rows // 2, rows - rows // 2)
+    downloads = [
+        DownloadInfo(f"d{i}", half, ("P001",), ("bp_sys",), "2025-08-26T00:00:00", "")
+        for i, half in enumerate(halves)
+    ]
+    counting = ExportClient(BASE)._counting_for(downloads)
+    assert isinstance(counting, AdaptiveCounting)
+    assert counting.start_workers is eager
+
+
+@pytest.mark.parametrize(("workers", "kind"), [(0, InlineCounting), (3, PoolCounting)])
+def test_workers_option_chooses_the_counting(workers: int, kind: type) -> None:
+    counting = ExportClient(BASE, workers=workers)._counting_for([])
+    assert isinstance(counting, kind)

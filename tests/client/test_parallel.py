@@ -118,6 +118,22 @@ async def test_adaptive_counting_offloads_when_counting_cannot_keep_up() -> None
     assert results == [count_block(data, LAYOUT) for data in blocks]
 
 
+async def test_adaptive_counting_can_start_its_workers_before_they_are_needed() -> None:
+    async with AdaptiveCounting(1, window=0.01, start_workers=True) as counting:
+        assert counting._pool is not None
+        await ready(counting._pool)
+        assert len(counting._pool._workers) == 1
+        # Started is not used: a slow source is still counted inline.
+        for seed in range(3):
+            future = await counting.submit(block(seed), LAYOUT)
+            assert future.done()
+            assert future.result() == count_block(block(seed), LAYOUT)
+            await asyncio.sleep(0.05)
+        assert not counting.offloading
+        processes = [worker.process for worker in counting._pool._workers]
+    assert all(process.poll() == 0 for process in processes)
+
+
 async def test_a_block_the_worker_cannot_count_fails_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
