@@ -91,6 +91,8 @@ class Run:
     bytes: int
     retries: int
     malformed: int
+    # CPU the server (its main process and workers) used during the run; None if not ours.
+    server_cpu_seconds: float | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -99,6 +101,13 @@ class Run:
     @property
     def mb_per_second(self) -> float:
         return self.bytes / 1e6 / self.wall_seconds
+
+    @property
+    def busy(self) -> float | None:
+        """The share of the machine's cores that client and server kept busy during the run."""
+        if self.server_cpu_seconds is None:
+            return None
+        return (self.cpu_seconds + self.server_cpu_seconds) / (CORES * self.wall_seconds)
 
 
 @dataclass
@@ -139,7 +148,10 @@ METRICS = (
     "tree_peak_pss_mb",
     "maxrss_mb",
     "retries",
+    "server_cpu_seconds",
+    "busy",
 )
+CORES = len(os.sched_getaffinity(0))
 
 
 class BenchmarkError(Exception):
@@ -154,6 +166,24 @@ def _children(pid: int) -> list[int]:
             with contextlib.suppress(OSError), open(f"{task.path}/children", "rb") as file:
                 found.extend(map(int, file.read().split()))
     return found
+
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by a process and its descendants, reaped ones included."""
+    ticks = 0
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(_children(pid))
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as file:
+            # The fields after the command name, which may itself hold spaces and parentheses.
+            fields = file.read().rsplit(b")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 here.
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks / _TICKS_PER_SECOND
 
 
 def _tree_memory_kb(root: int) -> tuple[int, int]:
@@ -210,10 +240,15 @@ class Measured:
     maxrss_mb: float
     stdout: str
     stderr: str
+    server_cpu_seconds: float | None
 
 
-def measure(command: list[str], *, timeout: float) -> Measured:
-    """Runs a command, measuring its wall time, CPU, and memory; raises unless it exits 0."""
+def measure(command: list[str], *, timeout: float, server_pid: int | None = None) -> Measured:
+    """Runs a command, measuring its wall time, CPU, and memory; raises unless it exits 0.
+
+    With `server_pid`, also the CPU that the server's process tree used meanwhile.
+    """
+    server_cpu = None if server_pid is None else tree_cpu_seconds(server_pid)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=CHILD_ENV)
@@ -232,6 +267,8 @@ def measure(command: list[str], *, timeout: float) -> Measured:
             raise
         finally:
             wall = time.perf_counter() - started
+            if server_cpu is not None and server_pid is not None:
+                server_cpu = tree_cpu_seconds(server_pid) - server_cpu
             watchdog.cancel()
             sampler.stop()
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -251,6 +288,7 @@ def measure(command: list[str], *, timeout: float) -> Measured:
         maxrss_mb=usage.ru_maxrss / 1024,
         stdout=stdout,
         stderr=stderr,
+        server_cpu_seconds=server_cpu,
     )
 
 
@@ -269,6 +307,8 @@ class Bench:
         self.workdir = workdir
         self.expected: Any = None
         self.expected_from = ""
+        # Our own server's pid, whose CPU each run measures; None for a --server URL.
+        self.server_pid: int | None = None
         reference = ROOT / f"{args.export}.json"
         if reference.is_file():
             self.expected = json.loads(reference.read_text())
@@ -286,7 +326,7 @@ class Bench:
         command += ["-c", str(level), "-q", "-t", "-o", str(output)]
         if self.args.client_workers is not None:
             command += ["--workers", str(self.args.client_workers)]
-        measured = measure(command, timeout=self.args.timeout)
+        measured = measure(command, timeout=self.args.timeout, server_pid=self.server_pid)
         counts = json.loads(output.read_text())
         if self.expected is None:
             self.expected = counts
@@ -316,12 +356,13 @@ class Bench:
             bytes=size,
             retries=int(match["retries"]),
             malformed=int(match["malformed"].replace(",", "")),
+            server_cpu_seconds=measured.server_cpu_seconds,
         )
 
     def baseline(self, mode: str, url: str, level: int, repeat: int) -> Run:
         command = [sys.executable, str(TRANSFER_ONLY), self.args.export, "-s", url]
         command += ["-c", str(level), "--timeout", str(self.args.timeout)]
-        measured = measure(command, timeout=self.args.timeout)
+        measured = measure(command, timeout=self.args.timeout, server_pid=self.server_pid)
         result = json.loads(measured.stdout)
         return Run(
             mode=mode,
@@ -338,6 +379,7 @@ class Bench:
             bytes=int(result["bytes"]),
             retries=0,
             malformed=0,
+            server_cpu_seconds=measured.server_cpu_seconds,
         )
 
 
@@ -443,7 +485,9 @@ def summarize(runs: list[Run]) -> dict[str, list[Level]]:
             for kind, target in (("client", entry.client), ("baseline", entry.baseline)):
                 chosen = [r for r in runs if (r.mode, r.kind, r.level) == (mode, kind, level)]
                 for metric in METRICS:
-                    target[metric] = Spread.of([float(getattr(r, metric)) for r in chosen])
+                    values = [getattr(r, metric) for r in chosen]
+                    if None not in values:  # the server's CPU is unknown for a --server URL
+                        target[metric] = Spread.of([float(value) for value in values])
             entry.wall_ratio = (
                 entry.client["wall_seconds"].median / entry.baseline["wall_seconds"].median
             )
@@ -488,6 +532,11 @@ def _range(spread: Spread, fmt: str) -> str:
     return spread.text(fmt)
 
 
+def _median(figures: dict[str, Spread], metric: str, fmt: str) -> str:
+    """A metric's median, or n/a where it was not measured (a server that is not ours)."""
+    return f"{figures[metric].median:{fmt}}" if metric in figures else "n/a"
+
+
 def render_table(summary: dict[str, list[Level]]) -> None:
     """The summary as a rich table on stderr."""
     table = Table(title="client vs transfer-only baseline: median (min..max)")
@@ -498,6 +547,7 @@ def render_table(summary: dict[str, list[Level]]) -> None:
         "rows/s",
         "MB/s",
         "CPU s",
+        "server CPU s",
         "tree RSS MB",
         "retries",
         "baseline s",
@@ -516,6 +566,7 @@ def render_table(summary: dict[str, list[Level]]) -> None:
                 _range(c["rows_per_second"], ",.0f"),
                 f"{c['mb_per_second'].median:.1f}",
                 _range(c["cpu_seconds"], ".1f"),
+                _median(c, "server_cpu_seconds", ".1f"),
                 _range(c["tree_peak_rss_mb"], ".0f"),
                 f"{c['retries'].max:.0f}",
                 _range(b["wall_seconds"], ".2f"),
@@ -544,14 +595,16 @@ def markdown(
         f"client: --workers {'auto' if args.client_workers is None else args.client_workers}. "
         "Wall seconds are of the whole process, start-up included, for client and baseline",
         "alike; own s is the client's own timing (--time), without interpreter start-up and",
-        "imports. Memory: the largest single process's peak RSS (the client's main process),",
-        "and the peaks of the whole client process tree (main and counting workers) as RSS",
-        "and as PSS (shared pages divided among the processes).",
+        "imports. CPU: the client's process tree, and the server's during the client's run;",
+        f"busy is both over {CORES} cores x wall time (1.0: no core ever idle). Memory: the",
+        "largest single process's peak RSS (the client's main process), and the peaks of the",
+        "whole client process tree (main and counting workers) as RSS and as PSS (shared",
+        "pages divided among the processes).",
         "",
-        "| mode | -c | wall s | own s | rows/s | MB/s | client CPU s | main RSS MB "
-        "| tree RSS MB | tree PSS MB | retries | baseline wall s | wall client/baseline "
-        "| rows/s client/baseline |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| mode | -c | wall s | own s | rows/s | MB/s | client CPU s | server CPU s | busy "
+        "| main RSS MB | tree RSS MB | tree PSS MB | retries | baseline wall s "
+        "| wall client/baseline | rows/s client/baseline |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for mode, levels in summary.items():
         for entry in levels:
@@ -560,7 +613,8 @@ def markdown(
                 f"| {mode} | {entry.level} | {_range(c['wall_seconds'], '.2f')} "
                 f"| {c['inner_seconds'].median:.2f} "
                 f"| {c['rows_per_second'].median:,.0f} | {c['mb_per_second'].median:.1f} "
-                f"| {_range(c['cpu_seconds'], '.1f')} | {c['maxrss_mb'].median:.0f} "
+                f"| {_range(c['cpu_seconds'], '.1f')} | {_median(c, 'server_cpu_seconds', '.1f')} "
+                f"| {_median(c, 'busy', '.2f')} | {c['maxrss_mb'].median:.0f} "
                 f"| {c['tree_peak_rss_mb'].median:.0f} | {c['tree_peak_pss_mb'].median:.0f} "
                 f"| {c['retries'].max:.0f} | {_range(b['wall_seconds'], '.2f')} "
                 f"| {entry.wall_ratio:.2f} | {entry.rate_ratio:.2f} |"
@@ -715,6 +769,7 @@ def write_results(
                 **asdict(run),
                 "rows_per_second": run.rows_per_second,
                 "mb_per_second": run.mb_per_second,
+                "busy": run.busy,
             }
             for run in runs
         ],
@@ -811,7 +866,9 @@ def main(argv: list[str] | None = None) -> int:
                         console.print(f"{mode}: server at {url} ({args.server_workers} workers)")
                         if cache_dir is not None:
                             warm_cache(bench, url, cache_dir, args.server_workers)
+                        bench.server_pid = server.process.pid
                         measure_mode(bench, mode, url, runs)
+                        bench.server_pid = None
     except BenchmarkError as error:
         console.print(f"[red]error:[/] {error}")
         return 1
