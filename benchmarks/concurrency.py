@@ -171,19 +171,29 @@ def _children(pid: int) -> list[int]:
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by a process and its descendants, reaped ones included."""
-    ticks = 0
-    stack = [root]
+def _cpu_seconds(pid: int, *, reaped: bool = True) -> float:
+    """CPU seconds used so far by a process (and, with `reaped`, the children it has reaped)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as file:
+        # The fields after the command name, which may itself hold spaces and parentheses.
+        fields = file.read().rsplit(b")", 1)[1].split()
+        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 here.
+        return sum(int(value) for value in fields[11 : 15 if reaped else 13]) / _TICKS_PER_SECOND
+    return 0.0  # gone already
+
+
+def _descendants(root: int) -> list[int]:
+    found = []
+    stack = _children(root)
     while stack:
         pid = stack.pop()
+        found.append(pid)
         stack.extend(_children(pid))
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as file:
-            # The fields after the command name, which may itself hold spaces and parentheses.
-            fields = file.read().rsplit(b")", 1)[1].split()
-            # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 here.
-            ticks += sum(int(value) for value in fields[11:15])
-    return ticks / _TICKS_PER_SECOND
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by a process and its descendants, reaped ones included."""
+    return sum(_cpu_seconds(pid) for pid in [root, *_descendants(root)])
 
 
 def _tree_memory_kb(root: int) -> tuple[int, int]:
@@ -208,17 +218,31 @@ def _tree_memory_kb(root: int) -> tuple[int, int]:
 
 
 class TreeSampler(threading.Thread):
-    """Samples a process tree's RSS until stopped, keeping the peak."""
+    """Samples a process tree's RSS until stopped, keeping the peak.
 
-    def __init__(self, pid: int) -> None:
+    With `timeline`, each sample also records the CPU seconds used so far by the process
+    alone, by its whole tree (with the counting workers, live or reaped) and by the server's
+    tree, if `server_pid`.
+    """
+
+    def __init__(self, pid: int, *, timeline: bool = False, server_pid: int | None = None) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak_kb = 0
         self.peak_pss_kb = 0
+        self.timeline: list[tuple[float, float, float, float]] | None = [] if timeline else None
+        self._server_pid = server_pid
         self._done = threading.Event()
 
     def run(self) -> None:
+        started = time.perf_counter()
         while not self._done.is_set():
+            if self.timeline is not None:
+                main = _cpu_seconds(self.pid, reaped=False)
+                tree = tree_cpu_seconds(self.pid)
+                server = 0.0 if self._server_pid is None else tree_cpu_seconds(self._server_pid)
+                sample = (time.perf_counter() - started, main, tree, server)
+                self.timeline.append(sample)
             rss, pss = _tree_memory_kb(self.pid)
             self.peak_kb = max(self.peak_kb, rss)
             self.peak_pss_kb = max(self.peak_pss_kb, pss)
@@ -241,18 +265,23 @@ class Measured:
     stdout: str
     stderr: str
     server_cpu_seconds: float | None
+    # (seconds since start, CPU seconds so far of the process, of its tree, of the server)
+    timeline: list[tuple[float, float, float, float]] | None = None
 
 
-def measure(command: list[str], *, timeout: float, server_pid: int | None = None) -> Measured:
+def measure(
+    command: list[str], *, timeout: float, server_pid: int | None = None, timeline: bool = False
+) -> Measured:
     """Runs a command, measuring its wall time, CPU, and memory; raises unless it exits 0.
 
-    With `server_pid`, also the CPU that the server's process tree used meanwhile.
+    With `server_pid`, also the CPU that the server's process tree used meanwhile; with
+    `timeline`, the CPU use of the process, its workers and the server every 100 ms.
     """
     server_cpu = None if server_pid is None else tree_cpu_seconds(server_pid)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=CHILD_ENV)
-        sampler = TreeSampler(process.pid)
+        sampler = TreeSampler(process.pid, timeline=timeline, server_pid=server_pid)
         sampler.start()
         # A watchdog instead of Popen.wait(timeout): os.wait4 must be the one to reap the child,
         # since only it returns the child's rusage (including its reaped worker processes).
@@ -289,6 +318,7 @@ def measure(command: list[str], *, timeout: float, server_pid: int | None = None
         stdout=stdout,
         stderr=stderr,
         server_cpu_seconds=server_cpu,
+        timeline=sampler.timeline,
     )
 
 
