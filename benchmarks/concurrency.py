@@ -65,11 +65,17 @@ TRANSFER_ONLY = HERE / "transfer_only.py"
 # itself would slow the measured client down on a 2-core machine.
 SAMPLE_SECONDS = 0.1
 SERVER_START_SECONDS = 30.0
+CORES = len(os.sched_getaffinity(0))
 # A level whose median rows/s is within this fraction of the best counts as good as the best.
 NEAR_BEST = 0.05
 
 # Progress lines stay one line each in a log file too.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def busy(client_cpu: float, server_cpu: float | None, wall: float) -> float | None:
+    """The share of the cores that client and server kept busy; None if the server's is unknown."""
+    return None if server_cpu is None else (client_cpu + server_cpu) / (CORES * wall)
 
 
 @dataclass
@@ -105,9 +111,7 @@ class Run:
     @property
     def busy(self) -> float | None:
         """The share of the machine's cores that client and server kept busy during the run."""
-        if self.server_cpu_seconds is None:
-            return None
-        return (self.cpu_seconds + self.server_cpu_seconds) / (CORES * self.wall_seconds)
+        return busy(self.cpu_seconds, self.server_cpu_seconds, self.wall_seconds)
 
 
 @dataclass
@@ -151,7 +155,6 @@ METRICS = (
     "server_cpu_seconds",
     "busy",
 )
-CORES = len(os.sched_getaffinity(0))
 
 
 class BenchmarkError(Exception):

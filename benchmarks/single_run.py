@@ -31,11 +31,11 @@ from typing import Any
 
 from concurrency import (
     _SUMMARY,
-    CORES,
     HERE,
     ROOT,
     TRANSFER_ONLY,
     BenchmarkError,
+    busy,
     compile_bytecode,
     machine,
     measure,
@@ -96,6 +96,7 @@ def run_client(
         raise BenchmarkError(f"no summary line in the client's stderr: {measured.stderr!r}")
     rows = int(match["rows"].replace(",", ""))
     server_cpu = measured.server_cpu_seconds
+    busy_share = busy(measured.cpu_seconds, server_cpu, measured.wall_seconds)
     extra: dict[str, Any] = {}
     if measured.timeline is not None:
         use = core_use(measured.timeline)
@@ -111,9 +112,7 @@ def run_client(
         "rows_per_second": round(rows / measured.wall_seconds),
         "cpu_seconds": round(measured.cpu_seconds, 2),
         "server_cpu_seconds": None if server_cpu is None else round(server_cpu, 2),
-        "busy": None
-        if server_cpu is None
-        else round((measured.cpu_seconds + server_cpu) / (CORES * measured.wall_seconds), 2),
+        "busy": None if busy_share is None else round(busy_share, 2),
         "main_peak_rss_mb": round(measured.maxrss_mb, 1),
         "tree_peak_rss_mb": round(measured.tree_peak_rss_mb, 1),
         "tree_peak_pss_mb": round(measured.tree_peak_pss_mb, 1),
