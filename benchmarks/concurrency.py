@@ -206,10 +206,7 @@ def _tree_memory_kb(root: int) -> tuple[int, int]:
     process; PSS divides them among the sharers, so its sum is what the tree really holds.
     """
     rss = pss = 0
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(_children(pid))
+    for pid in [root, *_descendants(root)]:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup", "rb") as file:
             for line in file:
                 if line.startswith(b"Rss:"):
