@@ -100,6 +100,19 @@ class Run:
     # CPU the server (its main process and workers) used during the run; None if not ours.
     server_cpu_seconds: float | None = None
 
+    @classmethod
+    def of(cls, measured: Measured, **fields: Any) -> Run:
+        """A run from what `measure` gave, plus the fields read from the program's output."""
+        return cls(
+            wall_seconds=measured.wall_seconds,
+            cpu_seconds=measured.cpu_seconds,
+            tree_peak_rss_mb=measured.tree_peak_rss_mb,
+            tree_peak_pss_mb=measured.tree_peak_pss_mb,
+            maxrss_mb=measured.maxrss_mb,
+            server_cpu_seconds=measured.server_cpu_seconds,
+            **fields,
+        )
+
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.wall_seconds
@@ -371,22 +384,17 @@ class Bench:
             raise BenchmarkError(f"no summary line in the client's stderr: {measured.stderr!r}")
         # Rounded to 0.1 MB; measure_mode puts in the baseline's exact count of the same bodies.
         size = int(float(match["mb"].replace(",", "")) * 1e6)
-        return Run(
+        return Run.of(
+            measured,
             mode=mode,
             kind="client",
             level=level,
             repeat=repeat,
-            wall_seconds=measured.wall_seconds,
             inner_seconds=float(match["seconds"].replace(",", "")),
-            cpu_seconds=measured.cpu_seconds,
-            tree_peak_rss_mb=measured.tree_peak_rss_mb,
-            tree_peak_pss_mb=measured.tree_peak_pss_mb,
-            maxrss_mb=measured.maxrss_mb,
             rows=int(match["rows"].replace(",", "")),
             bytes=size,
             retries=int(match["retries"]),
             malformed=int(match["malformed"].replace(",", "")),
-            server_cpu_seconds=measured.server_cpu_seconds,
         )
 
     def baseline(self, mode: str, url: str, level: int, repeat: int) -> Run:
@@ -394,22 +402,17 @@ class Bench:
         command += ["-c", str(level), "--timeout", str(self.args.timeout)]
         measured = measure(command, timeout=self.args.timeout, server_pid=self.server_pid)
         result = json.loads(measured.stdout)
-        return Run(
+        return Run.of(
+            measured,
             mode=mode,
             kind="baseline",
             level=level,
             repeat=repeat,
-            wall_seconds=measured.wall_seconds,
             inner_seconds=float(result["seconds"]),
-            cpu_seconds=measured.cpu_seconds,
-            tree_peak_rss_mb=measured.tree_peak_rss_mb,
-            tree_peak_pss_mb=measured.tree_peak_pss_mb,
-            maxrss_mb=measured.maxrss_mb,
             rows=int(result["rows"]),
             bytes=int(result["bytes"]),
             retries=0,
             malformed=0,
-            server_cpu_seconds=measured.server_cpu_seconds,
         )
 
 
