@@ -2,15 +2,17 @@
 
 `count_block` tries a fast path on each sub-block of quote-free lines: it checks with C-speed
 bytes operations that every line has exactly the header's number of fields, splits all fields
-at once and counts the pairs with `collections.Counter`. A sub-block that fails a check (a
-malformed row, a blank line, a stray ``\\r``) and any block holding a quote goes through the
-exact path, which reads quoted records with the `csv` module and classifies each row. Both
-paths give the same result; the fast path just declines whatever it cannot prove.
+at once and counts the pairs with `collections.Counter`; blank lines are dropped first. A
+sub-block that fails a check (a malformed row, a stray ``\\r``) and any block holding a quote
+goes through the exact path, which reads quoted records with the `csv` module and classifies
+each row. Both paths give the same result; the fast path just declines whatever it cannot
+prove.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,10 @@ _BOM = b"\xef\xbb\xbf"
 _SUB_BLOCK_BYTES = 128 << 10
 
 _ALL_BUT_SEPARATORS = bytes(b for b in range(256) if b not in b",\n")
+# A run of line ends: every "\n" after the first ends a blank line.
+_BLANK_RUNS = re.compile(rb"\n\n+")
+# Blank records before the header, as csv reads them: nothing but carriage returns, then "\n".
+_LEADING_BLANK_RECORDS = re.compile(rb"(?:\r*\n)+")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class BlockCount:
     rows: int = 0  # data rows seen, malformed included, blank lines excluded
     malformed: int = 0
     malformed_examples: list[str] = field(default_factory=list)
+    blank_lines: int = 0
 
 
 def count_block(block: bytes, layout: CsvLayout) -> BlockCount:
@@ -91,15 +98,20 @@ def count_block(block: bytes, layout: CsvLayout) -> BlockCount:
         rows=tally.rows,
         malformed=tally.malformed,
         malformed_examples=tally.examples,
+        blank_lines=tally.blank_lines,
     )
 
 
 class DownloadCounter:
     """Counts one download's body, fed chunk by chunk.
 
-    `feed` does everything in-process; a caller that counts in a process pool uses `split` to
-    get blocks of complete data lines, sends them to `count_block` elsewhere and merges the
-    results back with `add`. `finish` must be called at the end of the body.
+    `feed` does everything in-process; a caller that counts elsewhere uses `split` to get
+    blocks of complete data lines, sends them to `count_block` and merges the results back
+    with `add`. `finish` must be called at the end of the body.
+
+    After `finish`, `incomplete` says why the body looks cut short, or is None: a body that
+    is empty, or whose last record lacks its line end and is not a complete header or row,
+    is what a cut body looks like, however cleanly its transfer ended.
     """
 
     layout: CsvLayout | None
@@ -107,12 +119,24 @@ class DownloadCounter:
     def __init__(self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._splitter = LineSplitter(max_line_bytes=max_line_bytes)
         self.layout = None
+        self.incomplete: str | None = None
         # Bytes before the first 3 are seen: a UTF-8 BOM may be split across chunks.
         self._head: bytes | None = b""
         self._pairs: Counter[tuple[bytes, bytes]] = Counter()
         self._rows = 0
         self._malformed = 0
+        self._blank_lines = 0
         self._examples: list[str] = []
+
+    @property
+    def rows(self) -> int:
+        """Data rows counted so far, malformed included."""
+        return self._rows
+
+    @property
+    def blank_lines(self) -> int:
+        """Blank lines after the header counted so far."""
+        return self._blank_lines
 
     def split(self, chunk: bytes) -> bytes:
         """Feed a chunk; return the complete data lines it completed (possibly b"")."""
@@ -128,6 +152,7 @@ class DownloadCounter:
         self._pairs.update(block_count.pairs)
         self._rows += block_count.rows
         self._malformed += block_count.malformed
+        self._blank_lines += block_count.blank_lines
         room = MAX_MALFORMED_EXAMPLES - len(self._examples)
         if room > 0:
             self._examples.extend(block_count.malformed_examples[:room])
@@ -140,18 +165,45 @@ class DownloadCounter:
             self.add(count_block(block, self.layout))
 
     def finish(self) -> None:
-        """End of body: count the last line; CsvFormatError if there was no header at all."""
+        """End of body: count the last record, and tell whether the body looks incomplete.
+
+        Raises CsvFormatError if the body is not CSV that can be counted. A body that merely
+        stops early (empty, or ending inside its header or its last row) sets `incomplete`.
+        """
         pending = b""
         if self._head is not None:
             pending = self._head
             self._head = None
-        rest = self._splitter.feed(pending) + self._splitter.finish()
-        if self.layout is None and rest:
-            rest = self._take_header(rest)
+        complete = self._splitter.feed(pending)
+        # The splitter cuts only at record ends, so what it still holds is one record that
+        # has no line end (or nothing).
+        last = self._splitter.finish()
+        if self.layout is None and complete:
+            complete = self._take_header(complete)
         if self.layout is None:
-            raise CsvFormatError("The body is empty: it has no CSV header line.")
-        if rest:
-            self.add(count_block(rest, self.layout))
+            if b"\r" in last.rstrip(b"\r"):
+                raise CsvFormatError(
+                    "The body's lines end in a bare carriage return (CR) instead of LF or "
+                    "CRLF, so it has no CSV lines."
+                )
+            if not last.strip(b"\r\n"):
+                self.incomplete = "the body is empty: it has no CSV header line"
+                return
+            try:
+                self._take_header(last)
+            except CsvFormatError:
+                self.incomplete = "the body ended inside its header line"
+            return
+        if complete:
+            self.add(count_block(complete, self.layout))
+        if last:
+            counted = count_block(last, self.layout)
+            if counted.malformed:
+                self.incomplete = (
+                    "the body ended inside a row: its last line has no line end and is not "
+                    f"a complete row ({counted.malformed_examples[0]!r})"
+                )
+            self.add(counted)
 
     def result(self) -> DownloadCount:
         """The counts so far, with the values decoded as UTF-8."""
@@ -179,15 +231,17 @@ class DownloadCounter:
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
     def _take_header(self, block: bytes) -> bytes:
-        start = 0
-        while start < len(block):
-            end = start + first_record_end(block[start:])
-            record = block[start:end]
-            if record.strip(b"\r\n"):
-                self.layout = CsvLayout.from_header(record)
-                return block[end:]
-            start = end  # blank lines before the header are skipped, as csv does
-        return b""
+        """Read the header from the first non-blank record of `block`; return the rest."""
+        # One match skips any number of blank lines, which csv skips too.
+        blank = _LEADING_BLANK_RECORDS.match(block)
+        start = blank.end() if blank else 0
+        if start == len(block):
+            return b""
+        if start:
+            block = block[start:]
+        end = first_record_end(block)
+        self.layout = CsvLayout.from_header(block[:end])
+        return block[end:]
 
 
 class _Tally:
@@ -197,6 +251,7 @@ class _Tally:
         self.pairs: Counter[tuple[bytes, bytes]] = Counter()
         self.rows = 0
         self.malformed = 0
+        self.blank_lines = 0
         self.examples: list[str] = []
 
     def add_malformed(self, line: bytes) -> None:
@@ -236,10 +291,20 @@ def _count_fast(block: bytes, layout: CsvLayout, tally: _Tally) -> bool:
         if block.count(b"\r") != block.count(b"\r\n"):
             return False
         block = block.replace(b"\r\n", b"\n")
+    blank_lines = 0
+    if b"\n\n" in block or block.startswith(b"\n"):
+        # Blank lines are dropped in one C-level pass rather than sent down the exact path,
+        # which would cost a Python loop iteration per line: a body of nothing but newlines
+        # must be as cheap as rows.
+        rows_only = _BLANK_RUNS.sub(b"\n", block).removeprefix(b"\n")
+        blank_lines = len(block) - len(rows_only)
+        block = rows_only
+        if not block:
+            tally.blank_lines += blank_lines
+            return True
     ncols = layout.field_count
     # Keeping only separators, every line must read as exactly ncols - 1 commas and a newline
-    # (a line template is ncols bytes long). This also rejects blank lines, since a layout has
-    # at least two columns.
+    # (a line template is ncols bytes long).
     skeleton = block.translate(None, _ALL_BUT_SEPARATORS)
     lines, rest = divmod(len(skeleton), ncols)
     if rest or skeleton != (b"," * (ncols - 1) + b"\n") * lines:
@@ -259,6 +324,7 @@ def _count_fast(block: bytes, layout: CsvLayout, tally: _Tally) -> bool:
             return False
     tally.pairs.update(pairs)
     tally.rows += lines
+    tally.blank_lines += blank_lines
     return True
 
 
@@ -282,6 +348,7 @@ def _count_exact(block: bytes, layout: CsvLayout, tally: _Tally) -> None:
         if b'"' not in line and b"\r" not in line:
             text = line[:-1] if line.endswith(b"\n") else line
             if not text:
+                tally.blank_lines += 1
                 continue
             fields = text.split(b",")
             tally.rows += 1
@@ -296,7 +363,8 @@ def _count_exact(block: bytes, layout: CsvLayout, tally: _Tally) -> None:
         except csv.Error:
             row = None
         if row == []:
-            continue  # a blank line ending in "\r\n"
+            tally.blank_lines += 1  # a blank line ending in "\r\n"
+            continue
         tally.rows += 1
         if row is not None and len(row) == ncols and row[pidx] and row[eidx]:
             patient = row[pidx].encode("utf-8", errors="surrogateescape")

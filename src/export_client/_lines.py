@@ -189,7 +189,10 @@ class LineSplitter:
             start = end
 
     def _too_long(self) -> None:
+        hint = ""
+        if any(b"\r" in part.rstrip(b"\r") for part in self._carry):
+            hint = " (its lines seem to end in a bare carriage return, CR, instead of LF)"
         raise CsvFormatError(
-            f"A CSV line is longer than the limit of {self._max_line_bytes} bytes; "
+            f"A CSV line is longer than the limit of {self._max_line_bytes} bytes{hint}; "
             "the body is not the expected CSV."
         )

@@ -148,9 +148,93 @@ def test_missing_column_in_body_raises() -> None:
 
 
 @pytest.mark.parametrize("chunks", [[], [b""], [b"", b""], [b"\n\n"], [b"\xef\xbb\xbf"]])
-def test_empty_body_raises(chunks: list[bytes]) -> None:
-    with pytest.raises(CsvFormatError, match="empty"):
-        count(chunks)
+def test_an_empty_body_is_incomplete(chunks: list[bytes]) -> None:
+    counter = DownloadCounter()
+    for chunk in chunks:
+        counter.feed(chunk)
+    counter.finish()
+    assert counter.layout is None
+    assert counter.incomplete is not None
+    assert "empty" in counter.incomplete
+
+
+@pytest.mark.parametrize("cut", [b"patient_id,event_ti", b"\n\npatient"])
+def test_a_body_ending_inside_its_header_is_incomplete(cut: bytes) -> None:
+    counter = DownloadCounter()
+    counter.feed(cut)
+    counter.finish()
+    assert counter.incomplete == "the body ended inside its header line"
+
+
+def test_a_terminated_header_without_the_columns_is_a_format_error() -> None:
+    with pytest.raises(CsvFormatError, match="no 'event_type' column"):
+        DownloadCounter().feed(b"patient_id,event_ti\n")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        HEADER + b"P1,t,a,1\nP2,t,b",  # cut inside the value's field
+        HEADER + b"P1,t,a,1\nP2,2025-08-2",
+        HEADER + b"P1,t,a,1\nP",
+        HEADER + b'P1,t,a,1\n"P2,t',  # cut inside a quoted field
+    ],
+)
+def test_a_body_ending_inside_a_row_is_incomplete(body: bytes) -> None:
+    for chunks in ([body], [body[i : i + 3] for i in range(0, len(body), 3)]):
+        counter = DownloadCounter()
+        for chunk in chunks:
+            counter.feed(chunk)
+        counter.finish()
+        assert counter.incomplete is not None
+        assert counter.incomplete.startswith("the body ended inside a row")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        HEADER + b"P1,t,a,1\nP2,t,b,2",  # a complete last row without its line end
+        HEADER + b"P1,t,a,1\nP2,t,b,2\r",
+        HEADER + b"P1,t,a,1\n",
+        HEADER + b"P1,t,a,1\n\n",
+        HEADER + b"bad\nP1,t,a,1\n",  # a malformed row that is not the last is just malformed
+        HEADER.rstrip(b"\n"),
+    ],
+)
+def test_a_whole_body_is_not_incomplete(body: bytes) -> None:
+    counter = DownloadCounter()
+    counter.feed(body)
+    counter.finish()
+    assert counter.incomplete is None
+
+
+@pytest.mark.parametrize("body", [b"patient_id,event_type\rP1,a\rP2,b\r", b"h\rx"])
+def test_cr_only_line_ends_are_named(body: bytes) -> None:
+    counter = DownloadCounter()
+    counter.feed(body)
+    with pytest.raises(CsvFormatError, match="bare carriage return"):
+        counter.finish()
+
+
+def test_cr_only_line_ends_are_named_when_too_long() -> None:
+    counter = DownloadCounter(max_line_bytes=100)
+    with pytest.raises(CsvFormatError, match="bare carriage return"):
+        counter.feed(b"patient_id,event_type\r" + b"P1,a\r" * 50)
+
+
+def test_blank_lines_are_counted_apart_from_rows() -> None:
+    counter = DownloadCounter()
+    counter.feed(HEADER + b"\n\nP1,t,a,1\n\r\n\n\nP2,t,b,2\n\n")
+    counter.finish()
+    assert (counter.rows, counter.blank_lines) == (2, 6)
+
+
+def test_many_blank_lines_before_the_header_cost_linear_time() -> None:
+    counter = DownloadCounter()
+    counter.feed(b"\n" * 5_000_000 + HEADER + b"P1,t,a,1\n")
+    counter.finish()
+    assert counter.layout == LAYOUT
+    assert counter.rows == 1
 
 
 @pytest.mark.parametrize("body", [HEADER, HEADER.rstrip(b"\n"), HEADER + b"\n\n", b"\n" + HEADER])
@@ -300,7 +384,6 @@ def test_clean_block_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize(
     "block",
     [
-        b"P1,t,a,1\n\nP2,t,b,2\n",  # blank line
         b"P1,t,a\n",  # field count
         b",t,a,1\n",  # empty patient
         b"P1,t,,1\n",  # empty event type
@@ -381,12 +464,18 @@ def test_fast_path_agrees_with_exact_path(body: bytes) -> None:
     _count_exact(block, layout, exact)
     fast = _Tally()
     if b'"' not in block and _count_fast(block, layout, fast):
-        assert (fast.pairs, fast.rows, fast.malformed) == (exact.pairs, exact.rows, 0)
+        assert (fast.pairs, fast.rows, fast.malformed, fast.blank_lines) == (
+            exact.pairs,
+            exact.rows,
+            0,
+            exact.blank_lines,
+        )
     whole = count_block(block, layout)
-    assert (Counter(whole.pairs), whole.rows, whole.malformed) == (
+    assert (Counter(whole.pairs), whole.rows, whole.malformed, whole.blank_lines) == (
         exact.pairs,
         exact.rows,
         exact.malformed,
+        exact.blank_lines,
     )
     assert whole.malformed_examples == exact.examples
 
@@ -400,9 +489,23 @@ def test_fast_path_is_exact_for_plain_rows(kinds: list[str]) -> None:
     _count_exact(block, LAYOUT, exact)
     fast = _Tally()
     accepted = _count_fast(block, LAYOUT, fast)
-    assert accepted == ("blank" not in kinds and "bad" not in kinds)
+    assert accepted == ("bad" not in kinds)
     if accepted:
-        assert (fast.pairs, fast.rows) == (exact.pairs, exact.rows)
+        assert (fast.pairs, fast.rows, fast.blank_lines) == (
+            exact.pairs,
+            exact.rows,
+            exact.blank_lines,
+        )
+
+
+def test_blank_lines_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> None:
+        raise AssertionError("the exact path was used")
+
+    monkeypatch.setattr(_counting, "_count_exact", fail)
+    block = b"\n" * 3_000_000 + b"P1,t,a,1\n\n\r\n" + b"\r\n" * 1000
+    result = count_block(block, LAYOUT)
+    assert (result.rows, result.blank_lines, result.pairs) == (1, 3_001_002, {(b"P1", b"a"): 1})
 
 
 def test_split_and_add_equals_feed() -> None:
