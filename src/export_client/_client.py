@@ -24,11 +24,18 @@ from ._retry import RetryPolicy
 DEFAULT_SERVER = "http://localhost:8000"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT = 60.0
+# Below 1 KiB/s for 30 s: never on a healthy stream, even from a server that generates its
+# data as it sends it (hundreds of KB/s per stream), always on one that drips.
+DEFAULT_SPEED_LIMIT = 1024.0
+DEFAULT_SPEED_TIME = 30.0
 # Exports with more rows than this start their counting workers before the first block:
 # about a quarter of a second of counting on one core, more than the workers take to start.
 EAGER_WORKERS_ROWS = 1_000_000
 
 T = TypeVar("T")
+
+# Downloads named one by one in a warning; the rest are summed up.
+_LISTED_DOWNLOADS = 5
 
 
 def check_server_url(url: str) -> None:
@@ -67,6 +74,8 @@ class ExportClient:
         retries: int = 3,
         backoff: float = 0.5,
         timeout: float = DEFAULT_TIMEOUT,
+        speed_limit: float = DEFAULT_SPEED_LIMIT,
+        speed_time: float = DEFAULT_SPEED_TIME,
         strict: bool = False,
         workers: int | None = None,
         max_line_bytes: int = 1 << 20,
@@ -77,17 +86,24 @@ class ExportClient:
             raise ValueError("concurrency must be at least 1")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if speed_limit < 0:
+            raise ValueError("speed_limit must be 0 (no floor) or more")
+        if speed_time <= 0:
+            raise ValueError("speed_time must be positive")
         if workers is not None and workers < 0:
             raise ValueError("workers must be 0 or more")
         self.server = server.rstrip("/")
         self.concurrency = concurrency
         self.policy = RetryPolicy(retries=retries, base_delay=backoff)
         self.timeout = timeout
+        self.speed_limit = speed_limit
+        self.speed_time = speed_time
         self.strict = strict
         self.workers = workers
         self.max_line_bytes = max_line_bytes
         self.progress: ProgressListener = progress or NoProgress()
         self._session: aiohttp.ClientSession | None = None
+        self._discovery_retries = 0
 
     async def __aenter__(self) -> ExportClient:
         self._session = make_session(concurrency=self.concurrency, timeout=self.timeout)
@@ -144,7 +160,9 @@ class ExportClient:
         Raises an `ExportClientError` rather than return anything partial.
         """
         started = time.perf_counter()
+        retries_before = self._discovery_retries
         downloads = await self.downloads(export_id)
+        discovery_retries = self._discovery_retries - retries_before
         self.progress.started(downloads)
         try:
             async with self._counting_for(downloads) as counting:
@@ -157,6 +175,8 @@ class ExportClient:
                     progress=self.progress,
                     strict=self.strict,
                     max_line_bytes=self.max_line_bytes,
+                    speed_limit=self.speed_limit,
+                    speed_time=self.speed_time,
                 )
                 counted = await orchestrator.run(downloads)
         finally:
@@ -174,17 +194,26 @@ class ExportClient:
                     f"download {report.download_id} has event types its metadata does not "
                     "list: " + ", ".join(report.unexpected_event_types)
                 )
-            if report.malformed:
-                warnings.append(
-                    f"download {report.download_id} has {report.malformed:,} malformed rows, "
-                    "which were not counted"
-                )
+        malformed = [report for report in reports if report.malformed]
+        if malformed:
+            total = sum(report.malformed for report in malformed)
+            where = ", ".join(
+                f"{report.malformed:,} in download {report.download_id}"
+                for report in malformed[:_LISTED_DOWNLOADS]
+            )
+            if len(malformed) > _LISTED_DOWNLOADS:
+                where += f" and {sum(r.malformed for r in malformed[_LISTED_DOWNLOADS:]):,} in "
+                where += f"{len(malformed) - _LISTED_DOWNLOADS} more downloads"
+            warnings.append(
+                f"{total:,} malformed row{'s were' if total != 1 else ' was'} not counted: {where}"
+            )
         return ExportReport(
             export_id=export_id,
             counts=merge_counts(item.count for item in counted),
             downloads=reports,
             seconds=time.perf_counter() - started,
             warnings=tuple(warnings),
+            discovery_retries=discovery_retries,
         )
 
     def _counting_for(self, downloads: list[DownloadInfo]) -> BlockCounting:
@@ -196,19 +225,29 @@ class ExportClient:
         return PoolCounting(self.workers) if self.workers else InlineCounting()
 
     async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:
+        # Every failure worth retrying is retried alike, a refused connection included: a
+        # server restarting during discovery is as survivable as one restarting mid-stream.
         for attempt in range(1, self.policy.attempts + 1):
             try:
                 return await request()
-            except ConnectError as error:
-                # Nothing answers at all: retrying would only delay the obvious.
-                raise ServerUnreachableError(self.server, str(error)) from error
             except TransientError as error:
                 if attempt == self.policy.attempts:
+                    if isinstance(error, ConnectError):
+                        raise ServerUnreachableError(
+                            self.server, f"{error}; {_attempts(attempt)}"
+                        ) from error
                     raise ServerResponseError(
-                        f"Fetching {what} failed after {attempt} attempts: {error}"
+                        f"Fetching {what} failed after {_attempts(attempt)}: {error}"
                     ) from error
-                await asyncio.sleep(self.policy.delay(attempt, retry_after=error.retry_after))
+                self._discovery_retries += 1
+                delay = self.policy.delay(attempt, retry_after=error.retry_after)
+                self.progress.request_retrying(what, str(error), delay)
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt either returns or raises")
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'s' if count != 1 else ''}"
 
 
 def count_export(export_id: str, server: str = DEFAULT_SERVER, **options: Any) -> ExportReport:

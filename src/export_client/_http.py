@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -13,6 +14,8 @@ import orjson
 
 from ._exceptions import ServerResponseError, UnknownExportError
 from ._models import DownloadInfo
+
+T = TypeVar("T")
 
 
 class TransientError(Exception):
@@ -29,6 +32,12 @@ class ConnectError(TransientError):
 
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+# The API's JSON documents are a few hundred bytes; a hostile or broken server must not make
+# the client hold more than this per response.
+MAX_JSON_BYTES = 1 << 20
+# What is read of an error response's body, for its message.
+_ERROR_DETAIL_BYTES = 200
+
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     """Seconds from a `Retry-After` header; the HTTP-date form is rare enough to ignore."""
@@ -43,7 +52,16 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
 
 
 def _segment(value: str) -> str:
+    # Percent-encoding keeps "/" inside a segment, but "." and ".." are removed or climb up
+    # when the URL is normalized (even as %2e), which would leave the API's paths.
+    if not is_safe_id(value):
+        raise ValueError(f"{value!r} is not an id that can be a URL path segment")
     return quote(value, safe="")
+
+
+def is_safe_id(value: str) -> bool:
+    """Whether `value` can stand as one path segment of an API URL."""
+    return value not in ("", ".", "..")
 
 
 class ExportAPI:
@@ -59,39 +77,31 @@ class ExportAPI:
 
     async def export_ids(self) -> list[str]:
         """The ids of the exports the server offers."""
-        data = await self._get_json(self.url())
-        ids = data.get("export_ids") if isinstance(data, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ServerResponseError(f"{self.url()} did not list export ids: {data!r:.200}")
-        return ids
+        url = self.url()
+        return _ids(url, await self._get_json(url), "export_ids", "an export")
 
     async def download_ids(self, export_id: str) -> list[str]:
         """The ids of an export's downloads, in the server's order."""
         url = self.url(export_id)
         data = await self._get_json(url, missing=lambda: UnknownExportError(export_id, []))
-        ids = data.get("download_ids") if isinstance(data, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ServerResponseError(f"{url} did not list download ids: {data!r:.200}")
-        return ids
+        return _ids(url, data, "download_ids", "a download")
 
     async def download_info(self, export_id: str, download_id: str) -> DownloadInfo:
         """A download's metadata."""
         url = self.url(export_id, download_id)
         data = await self._get_json(url)
-        try:
-            info = DownloadInfo(
-                id=str(data["id"]),
-                rows=int(data["rows"]),
-                patients=tuple(map(str, data["patients"])),
-                event_types=tuple(map(str, data["event_types"])),
-                start_time=str(data["start_time"]),
-                end_time=str(data["end_time"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
+        if not isinstance(data, dict):
             raise ServerResponseError(
-                f"{url} returned metadata the client cannot read "
-                f"({type(error).__name__}: {error}): {data!r:.200}"
-            ) from None
+                f"{url} returned metadata that is not an object: {data!r:.200}"
+            )
+        info = DownloadInfo(
+            id=_member(url, data, "id", str),
+            rows=_member(url, data, "rows", int),
+            patients=tuple(_strings(url, data, "patients")),
+            event_types=tuple(_strings(url, data, "event_types")),
+            start_time=_member(url, data, "start_time", str),
+            end_time=_member(url, data, "end_time", str),
+        )
         if info.id != download_id:
             raise ServerResponseError(f"{url} returned the metadata of download {info.id!r}.")
         if info.rows < 0:
@@ -107,16 +117,26 @@ class ExportAPI:
 
     async def _get_json(self, url: str, *, missing: Any = None) -> Any:
         async with self._request(url, missing=missing) as response:
+            too_big = ServerResponseError(
+                f"{url} returned more than {MAX_JSON_BYTES:,} bytes of JSON; "
+                "the API's documents are a few hundred bytes."
+            )
+            if (response.content_length or 0) > MAX_JSON_BYTES:
+                raise too_big
+            body = bytearray()
             try:
-                body = await response.read()
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_JSON_BYTES:
+                        raise too_big
             except (TimeoutError, aiohttp.ClientError) as error:
                 raise TransientError(f"reading {url} failed: {_describe(error)}") from error
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ServerResponseError(f"{url} did not return JSON: {body[:200]!r}") from None
+            raise ServerResponseError(f"{url} did not return JSON: {bytes(body[:200])!r}") from None
         if not isinstance(document, dict) or "data" not in document:
-            raise ServerResponseError(f"{url} returned no 'data' member: {body[:200]!r}")
+            raise ServerResponseError(f"{url} returned no 'data' member: {bytes(body[:200])!r}")
         return document["data"]
 
     @asynccontextmanager
@@ -124,7 +144,8 @@ class ExportAPI:
         self, url: str, *, missing: Any = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
-            async with self._session.get(url) as response:
+            # The API has no redirects: following one could count another server's data.
+            async with self._session.get(url, allow_redirects=False) as response:
                 if response.status != 200:
                     raise await _status_error(url, response, missing)
                 yield response
@@ -134,6 +155,38 @@ class ExportAPI:
             raise TransientError(f"GET {url} failed: {_describe(error)}") from error
 
 
+def _ids(url: str, data: Any, name: str, what: str) -> list[str]:
+    ids = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ServerResponseError(f"{url} did not list {name.replace('_', ' ')}: {data!r:.200}")
+    for value in ids:
+        if not is_safe_id(value):
+            raise ServerResponseError(
+                f"{url} lists {what} id {value!r}, which cannot be a URL path segment."
+            )
+    return ids
+
+
+def _member(url: str, data: dict[str, Any], name: str, kind: type[T]) -> T:
+    value = data.get(name)
+    # bool is an int to Python, never to the API.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ServerResponseError(
+            f"{url} returned metadata whose {name!r} is not a JSON "
+            f"{'integer' if kind is int else 'string'}: {value!r:.100}"
+        )
+    return value
+
+
+def _strings(url: str, data: dict[str, Any], name: str) -> list[str]:
+    values = data.get(name)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ServerResponseError(
+            f"{url} returned metadata whose {name!r} is not a list of strings: {values!r:.100}"
+        )
+    return values
+
+
 class DataStream:
     """The bytes of one download's body, in whatever pieces the network delivers."""
 
@@ -141,11 +194,33 @@ class DataStream:
         self.url = url
         self._response = response
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's bytes; a cut, stalled or broken stream raises `TransientError`."""
+    async def chunks(
+        self, *, speed_limit: float = 0.0, speed_time: float = 30.0
+    ) -> AsyncIterator[bytes]:
+        """The body's bytes; a cut, stalled, broken or too slow stream raises `TransientError`.
+
+        Too slow is below `speed_limit` bytes per second over `speed_time` seconds, as curl's
+        --speed-limit and --speed-time: judged whenever bytes arrive, so a stream that stops
+        altogether is left to the session's read timeout.
+        """
         content = self._response.content
+        window_start = time.monotonic()
+        window_bytes = 0
         try:
             while chunk := await content.readany():
+                if speed_limit:
+                    window_bytes += len(chunk)
+                    now = time.monotonic()
+                    elapsed = now - window_start
+                    if elapsed >= speed_time:
+                        if window_bytes < speed_limit * elapsed:
+                            raise TransientError(
+                                f"the stream from {self.url} was too slow: "
+                                f"{window_bytes / elapsed:,.0f} bytes/s over {elapsed:.0f} s, "
+                                f"below the floor of {speed_limit:,.0f} bytes/s"
+                            )
+                        window_start = now
+                        window_bytes = 0
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as error:
             raise TransientError(f"the stream from {self.url} broke: {_describe(error)}") from error
@@ -157,10 +232,16 @@ async def _status_error(url: str, response: aiohttp.ClientResponse, missing: Any
             f"GET {url} answered {response.status} {response.reason or ''}".rstrip(),
             retry_after=_retry_after(response),
         )
+    if 300 <= response.status < 400:
+        location = response.headers.get("Location", "nowhere")
+        return ServerResponseError(
+            f"GET {url} answered {response.status}, a redirect to {location!r:.200}; the export "
+            "API has no redirects, and the client does not follow them."
+        )
     if response.status == 404 and missing is not None:
         return missing()  # type: ignore[no-any-return]
     try:
-        detail = (await response.read())[:200].decode("utf-8", "replace")
+        detail = (await response.content.read(_ERROR_DETAIL_BYTES)).decode("utf-8", "replace")
     except (TimeoutError, aiohttp.ClientError):
         detail = ""
     return ServerResponseError(f"GET {url} answered {response.status}: {detail}".rstrip(": "))

@@ -55,6 +55,7 @@ class ExportReport:
     downloads: tuple[DownloadReport, ...]
     seconds: float
     warnings: tuple[str, ...] = field(default=())
+    discovery_retries: int = 0
 
     @property
     def rows(self) -> int:
@@ -66,7 +67,8 @@ class ExportReport:
 
     @property
     def retries(self) -> int:
-        return sum(download.attempts - 1 for download in self.downloads)
+        """Every retry of the run: of discovery requests, and of downloads."""
+        return self.discovery_retries + sum(download.attempts - 1 for download in self.downloads)
 
     @property
     def malformed(self) -> int:

@@ -53,8 +53,13 @@ class _Attempt:
     counted: int = 0
 
 
-class _ShortDownload(Exception):
-    """An attempt read a complete body whose row count differs from the metadata."""
+class _WrongBody(Exception):
+    """An attempt's body is not the one the metadata announces: cut short, or too long."""
+
+
+# A body may hold blank lines, which are not rows, but not without bound: at most as many as
+# the rows announced, and never fewer than this many.
+_BLANK_LINES_FLOOR = 1000
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Orchestrator:
     progress: ProgressListener
     strict: bool = False
     max_line_bytes: int = 1 << 20
+    speed_limit: float = 0.0
+    speed_time: float = 30.0
     block_bytes: int = 1 << 17
     max_pending_blocks: int = 2
 
@@ -90,7 +97,7 @@ class Orchestrator:
                     await self._stream(info, current)
                     count = current.counter.result()
                     if count.rows != info.rows:
-                        raise _ShortDownload(
+                        raise _WrongBody(
                             f"the body held {count.rows:,} rows, "
                             f"the metadata announces {info.rows:,}"
                         )
@@ -98,7 +105,7 @@ class Orchestrator:
                     raise MalformedDownloadError(info.id, str(error)) from error
                 except CountingWorkerError as error:
                     raise DownloadFailedError(info.id, str(error)) from error
-                except (TransientError, _ShortDownload) as error:
+                except (TransientError, _WrongBody) as error:
                     if attempt == self.policy.attempts:
                         raise self._failure(info, error, attempt) from error
                     retry_after = error.retry_after if isinstance(error, TransientError) else None
@@ -118,7 +125,8 @@ class Orchestrator:
         buffered = 0
         try:
             async with self.api.open_data(self.export_id, info.id) as stream:
-                async for chunk in stream.chunks():
+                chunks = stream.chunks(speed_limit=self.speed_limit, speed_time=self.speed_time)
+                async for chunk in chunks:
                     current.received += len(chunk)
                     self.progress.received(info.id, len(chunk))
                     buffer.append(chunk)
@@ -133,13 +141,10 @@ class Orchestrator:
                 await self._submit(info, current, b"".join(buffer), pending)
             while pending:
                 self._add(info, current, await pending.popleft())
-            try:
-                current.counter.finish()
-            except CsvFormatError as error:
-                if current.counter.layout is not None:
-                    raise
-                # The body ended before its header did: a short body, like any other cut.
-                raise _ShortDownload(f"the body ended inside its header ({error})") from error
+            current.counter.finish()
+            self._check_length(info, current.counter)
+            if current.counter.incomplete:
+                raise _WrongBody(current.counter.incomplete)
         finally:
             for block in pending:
                 if isinstance(block, asyncio.Future):
@@ -167,10 +172,24 @@ class Orchestrator:
         current.counter.add(block)
         current.counted += block.rows
         self.progress.counted(info.id, block.rows)
+        self._check_length(info, current.counter)
+
+    def _check_length(self, info: DownloadInfo, counter: DownloadCounter) -> None:
+        """Ends an attempt as soon as its body is longer than announced: it may never end."""
+        if counter.rows > info.rows:
+            raise _WrongBody(
+                f"the body holds more than the {info.rows:,} rows its metadata announces"
+            )
+        allowed = max(info.rows, _BLANK_LINES_FLOOR)
+        if counter.blank_lines > allowed:
+            raise _WrongBody(
+                f"the body holds more than {allowed:,} blank lines, for "
+                f"{info.rows:,} rows announced"
+            )
 
     def _failure(self, info: DownloadInfo, error: Exception, attempts: int) -> Exception:
         tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
-        if isinstance(error, _ShortDownload):
+        if isinstance(error, _WrongBody):
             return IncompleteDownloadError(info.id, f"{error} ({tries}).")
         return DownloadFailedError(info.id, f"{error} ({tries}).")
 

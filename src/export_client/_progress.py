@@ -21,6 +21,9 @@ class ProgressListener(Protocol):
         """A failed attempt's `rows` and `nbytes` no longer count towards the result."""
 
     def download_finished(self, download_id: str) -> None: ...
+    def request_retrying(self, what: str, reason: str, delay: float) -> None:
+        """A discovery request (`what` it fetches) failed and is tried again after `delay`."""
+
     def finished(self) -> None: ...
 
 
@@ -45,8 +48,28 @@ class NoProgress:
     def download_finished(self, download_id: str) -> None:
         pass
 
+    def request_retrying(self, what: str, reason: str, delay: float) -> None:
+        pass
+
     def finished(self) -> None:
         pass
+
+
+class PlainProgress(NoProgress):
+    """Retries as plain lines, one per event: for a log or a pipe rather than a terminal."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self._stream = stream
+
+    def retrying(self, download_id: str, reason: str, delay: float, rows: int, nbytes: int) -> None:
+        self._line(f"retrying download {download_id} in {delay:.1f}s: {reason}")
+
+    def request_retrying(self, what: str, reason: str, delay: float) -> None:
+        self._line(f"retrying {what} in {delay:.1f}s: {reason}")
+
+    def _line(self, text: str) -> None:
+        self._stream.write(text + "\n")
+        self._stream.flush()
 
 
 class TerminalProgress(NoProgress):
@@ -85,6 +108,12 @@ class TerminalProgress(NoProgress):
     def download_finished(self, download_id: str) -> None:
         self._in_flight.discard(download_id)
         self._draw()
+
+    def request_retrying(self, what: str, reason: str, delay: float) -> None:
+        self._retries += 1
+        self._clear()
+        self._stream.write(f"retrying {what} in {delay:.1f}s: {reason}\n")
+        self._draw(force=True)
 
     def finished(self) -> None:
         self._clear()
