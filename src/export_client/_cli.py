@@ -22,6 +22,8 @@ from . import __version__
 from ._client import (
     DEFAULT_CONCURRENCY,
     DEFAULT_SERVER,
+    DEFAULT_SPEED_LIMIT,
+    DEFAULT_SPEED_TIME,
     DEFAULT_TIMEOUT,
     ExportClient,
     check_server_url,
@@ -30,7 +32,8 @@ from ._exceptions import ExportClientError, UnknownExportError
 from ._mock import mock_server
 from ._models import ExportReport
 from ._output import write_atomically
-from ._progress import NoProgress, ProgressListener, TerminalProgress
+from ._progress import NoProgress, PlainProgress, ProgressListener, TerminalProgress
+from ._signals import stop_message
 
 SERVER_ENV = "EXPORT_SERVER_URL"
 
@@ -57,9 +60,10 @@ class OneLineErrors(TyperCommand):
             hint = " (see cli --help)" if isinstance(error, UsageError) else ""
             typer.echo(f"error: {error.format_message()}{hint}", err=True)
             sys.exit(error.exit_code)
-        except typer.Abort:
-            typer.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except typer.Abort as abort:
+            message, code = stop_message(abort)
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(code)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -121,7 +125,10 @@ def cli(
         int, typer.Option("-c", "--concurrency", min=1, help="Downloads streamed at once.")
     ] = DEFAULT_CONCURRENCY,
     retries: Annotated[
-        int, typer.Option("--retries", min=0, help="Retries per download after a failure.")
+        int,
+        typer.Option(
+            "--retries", min=0, help="Retries per request and per download after a failure."
+        ),
     ] = 3,
     backoff: Annotated[
         float,
@@ -138,6 +145,24 @@ def cli(
             "--timeout", min=0.001, help="Seconds to wait for a connection or for the next bytes."
         ),
     ] = DEFAULT_TIMEOUT,
+    speed_limit: Annotated[
+        float,
+        typer.Option(
+            "--speed-limit",
+            min=0.0,
+            help="Bytes per second below which a stream counts as too slow (see --speed-time); "
+            "0 turns the floor off.",
+        ),
+    ] = DEFAULT_SPEED_LIMIT,
+    speed_time: Annotated[
+        float,
+        typer.Option(
+            "--speed-time",
+            min=0.001,
+            help="Seconds a stream may stay below --speed-limit before it is abandoned and "
+            "retried.",
+        ),
+    ] = DEFAULT_SPEED_TIME,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -159,7 +184,13 @@ def cli(
         bool, typer.Option("-t", "--time", help="Print a one-line summary with timing on stderr.")
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("-q", "--quiet", help="No progress and no warnings on stderr.")
+        bool,
+        typer.Option(
+            "-q",
+            "--quiet",
+            help="No progress on stderr; warnings about the data (malformed rows, surprises) "
+            "are still printed.",
+        ),
     ] = False,
     verbose: Annotated[
         bool,
@@ -189,9 +220,9 @@ def cli(
     chosen = export_id or export_option
     if not chosen and not list_:
         raise UsageError("Missing export id: give one, or --list to see them.")
-    progress: ProgressListener = (
-        TerminalProgress() if sys.stderr.isatty() and not quiet and not list_ else NoProgress()
-    )
+    progress: ProgressListener = NoProgress()
+    if not quiet:
+        progress = TerminalProgress() if sys.stderr.isatty() and not list_ else PlainProgress()
     server_context: AbstractContextManager[str] = (
         mock_server(show_log=verbose) if mock else nullcontext(server)
     )
@@ -203,6 +234,8 @@ def cli(
                 retries=retries,
                 backoff=backoff,
                 timeout=timeout,
+                speed_limit=speed_limit,
+                speed_time=speed_time,
                 strict=strict,
                 workers=workers,
                 progress=progress,
@@ -216,14 +249,15 @@ def cli(
         _fail(error, verbose, code=2)
     except ExportClientError as error:
         _fail(error, verbose, code=1)
-    except KeyboardInterrupt:
-        _fail(None, verbose, code=130)
+    except KeyboardInterrupt as interrupt:
+        message, code = stop_message(interrupt)
+        _fail(None, verbose, code=code, message=message)
     except Exception as error:
         _fail(error, verbose, code=1, bug=True)
     if list_:
         _emit(listing, output)
     else:
-        _present(report, output=output, time_=time_, quiet=quiet, verbose=verbose)
+        _present(report, output=output, time_=time_, verbose=verbose)
 
 
 async def _count(client: ExportClient, export_id: str) -> ExportReport:
@@ -245,12 +279,10 @@ async def _listing(client: ExportClient, export_id: str | None) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-def _present(
-    report: ExportReport, *, output: Path | None, time_: bool, quiet: bool, verbose: bool
-) -> None:
-    if not quiet:
-        for warning in report.warnings:
-            typer.echo(f"warning: {warning}", err=True)
+def _present(report: ExportReport, *, output: Path | None, time_: bool, verbose: bool) -> None:
+    # Warnings say the result is not all the data: never silenced, not even by --quiet.
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if verbose:
         for download in report.downloads:
             typer.echo(
@@ -288,11 +320,18 @@ def _emit(document: bytes, output: Path | None) -> None:
             _fail(ExportClientError(f"Cannot write {output}: {error.strerror}."), False, code=1)
 
 
-def _fail(error: BaseException | None, verbose: bool, *, code: int, bug: bool = False) -> NoReturn:
+def _fail(
+    error: BaseException | None,
+    verbose: bool,
+    *,
+    code: int,
+    bug: bool = False,
+    message: str = "interrupted",
+) -> NoReturn:
     if verbose and error is not None:
         traceback.print_exception(error, file=sys.stderr)
     if error is None:
-        message = "interrupted"
+        pass
     elif bug:
         message = f"unexpected {type(error).__name__}: {error} (run with --verbose for details)"
     else:
