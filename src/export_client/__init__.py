@@ -32,15 +32,14 @@ if TYPE_CHECKING:
     from ._lines import LineSplitter
     from ._mock import MockServerError, mock_server
     from ._models import DownloadInfo, DownloadReport, ExportReport
-    from ._parallel import CountingWorkerError
     from ._progress import NoProgress, ProgressListener, TerminalProgress
     from ._results import DownloadCount, ExportCount, merge_counts
     from ._retry import RetryPolicy
 
 __version__ = "0.1.0"
 
-# Imported on first use: a counting worker process imports this package too, and must not
-# pay for aiohttp and the rest of the client to count blocks.
+# Imported on first use: `import export_client` stays cheap, and so does using only the
+# counting core, without aiohttp and the rest of the client.
 _MODULES = {
     "_client": ("DEFAULT_CONCURRENCY", "DEFAULT_SERVER", "ExportClient", "count_export"),
     "_counting": ("BlockCount", "CsvLayout", "DownloadCounter", "count_block"),
@@ -58,7 +57,6 @@ _MODULES = {
     "_lines": ("LineSplitter",),
     "_mock": ("MockServerError", "mock_server"),
     "_models": ("DownloadInfo", "DownloadReport", "ExportReport"),
-    "_parallel": ("CountingWorkerError",),
     "_progress": ("NoProgress", "ProgressListener", "TerminalProgress"),
     "_results": ("DownloadCount", "ExportCount", "merge_counts"),
     "_retry": ("RetryPolicy",),
@@ -69,7 +67,6 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_SERVER",
     "BlockCount",
-    "CountingWorkerError",
     "CsvFormatError",
     "CsvLayout",
     "DownloadCount",

@@ -163,13 +163,12 @@ def cli(
             "retried.",
         ),
     ] = DEFAULT_SPEED_TIME,
-    workers: Annotated[
+    threads: Annotated[
         int | None,
         typer.Option(
-            "--workers",
-            min=0,
-            help="Count in N worker processes; 0 counts in the main process only. Default: "
-            "in the main process while it keeps up with the network, else one worker per core.",
+            "--threads",
+            min=1,
+            help="Threads that count blocks. Default: one per core.",
             show_default=False,
         ),
     ] = None,
@@ -237,7 +236,7 @@ def cli(
                 speed_limit=speed_limit,
                 speed_time=speed_time,
                 strict=strict,
-                workers=workers,
+                threads=threads,
                 progress=progress,
             )
             if list_:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -16,7 +15,7 @@ from ._exceptions import ServerResponseError, ServerUnreachableError, UnknownExp
 from ._http import ConnectError, ExportAPI, TransientError
 from ._models import DownloadInfo, ExportReport
 from ._orchestrator import Orchestrator, run_all
-from ._parallel import AdaptiveCounting, BlockCounting, InlineCounting, PoolCounting
+from ._pool import CountingPool
 from ._progress import NoProgress, ProgressListener
 from ._results import merge_counts
 from ._retry import RetryPolicy
@@ -28,9 +27,6 @@ DEFAULT_TIMEOUT = 60.0
 # data as it sends it (hundreds of KB/s per stream), always on one that drips.
 DEFAULT_SPEED_LIMIT = 1024.0
 DEFAULT_SPEED_TIME = 30.0
-# Exports with more rows than this start their counting workers before the first block:
-# about a quarter of a second of counting on one core, more than the workers take to start.
-EAGER_WORKERS_ROWS = 1_000_000
 
 T = TypeVar("T")
 
@@ -77,7 +73,7 @@ class ExportClient:
         speed_limit: float = DEFAULT_SPEED_LIMIT,
         speed_time: float = DEFAULT_SPEED_TIME,
         strict: bool = False,
-        workers: int | None = None,
+        threads: int | None = None,
         max_line_bytes: int = 1 << 20,
         progress: ProgressListener | None = None,
     ) -> None:
@@ -90,8 +86,8 @@ class ExportClient:
             raise ValueError("speed_limit must be 0 (no floor) or more")
         if speed_time <= 0:
             raise ValueError("speed_time must be positive")
-        if workers is not None and workers < 0:
-            raise ValueError("workers must be 0 or more")
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be at least 1")
         self.server = server.rstrip("/")
         self.concurrency = concurrency
         self.policy = RetryPolicy(retries=retries, base_delay=backoff)
@@ -99,7 +95,7 @@ class ExportClient:
         self.speed_limit = speed_limit
         self.speed_time = speed_time
         self.strict = strict
-        self.workers = workers
+        self.threads = threads
         self.max_line_bytes = max_line_bytes
         self.progress: ProgressListener = progress or NoProgress()
         self._session: aiohttp.ClientSession | None = None
@@ -165,13 +161,13 @@ class ExportClient:
         discovery_retries = self._discovery_retries - retries_before
         self.progress.started(downloads)
         try:
-            async with self._counting_for(downloads) as counting:
+            async with CountingPool(self.threads) as pool:
                 orchestrator = Orchestrator(
                     api=self.api,
                     export_id=export_id,
                     concurrency=self.concurrency,
                     policy=self.policy,
-                    counting=counting,
+                    pool=pool,
                     progress=self.progress,
                     strict=self.strict,
                     max_line_bytes=self.max_line_bytes,
@@ -215,14 +211,6 @@ class ExportClient:
             warnings=tuple(warnings),
             discovery_retries=discovery_retries,
         )
-
-    def _counting_for(self, downloads: list[DownloadInfo]) -> BlockCounting:
-        if self.workers is None:
-            rows = sum(download.rows for download in downloads)
-            return AdaptiveCounting(
-                len(os.sched_getaffinity(0)), start_workers=rows > EAGER_WORKERS_ROWS
-            )
-        return PoolCounting(self.workers) if self.workers else InlineCounting()
 
     async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:
         # Every failure worth retrying is retried alike, a refused connection included: a

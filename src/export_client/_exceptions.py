@@ -5,7 +5,6 @@ ExportClientError
 ├── ServerResponseError         the server answered, but not as the API says
 ├── UnknownExportError          the export id is not in the server's list
 ├── CsvFormatError              a body is not CSV that can be counted (raised by the pure core)
-├── CountingWorkerError         a counting worker process failed (in _parallel)
 ├── MockServerError             the --mock server did not start (in _mock)
 └── DownloadError               one download could not be counted completely
     ├── DownloadFailedError     the stream broke, timed out or kept failing after every retry

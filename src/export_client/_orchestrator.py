@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from ._exceptions import (
 )
 from ._http import ExportAPI, TransientError
 from ._models import DownloadInfo, DownloadReport
-from ._parallel import BlockCounting, CountingWorkerError
+from ._pool import CountingPool
 from ._progress import ProgressListener
 from ._results import DownloadCount
 from ._retry import RetryPolicy
@@ -74,7 +74,7 @@ class Orchestrator:
     export_id: str
     concurrency: int
     policy: RetryPolicy
-    counting: BlockCounting
+    pool: CountingPool
     progress: ProgressListener
     strict: bool = False
     max_line_bytes: int = 1 << 20
@@ -103,8 +103,6 @@ class Orchestrator:
                         )
                 except CsvFormatError as error:
                     raise MalformedDownloadError(info.id, str(error)) from error
-                except CountingWorkerError as error:
-                    raise DownloadFailedError(info.id, str(error)) from error
                 except (TransientError, _WrongBody) as error:
                     if attempt == self.policy.attempts:
                         raise self._failure(info, error, attempt) from error
@@ -120,7 +118,7 @@ class Orchestrator:
         raise AssertionError("unreachable: the last attempt either returns or raises")
 
     async def _stream(self, info: DownloadInfo, current: _Attempt) -> None:
-        pending: deque[Awaitable[BlockCount]] = deque()
+        pending: deque[asyncio.Future[BlockCount]] = deque()
         buffer: list[bytes] = []
         buffered = 0
         try:
@@ -147,22 +145,23 @@ class Orchestrator:
                 raise _WrongBody(current.counter.incomplete)
         finally:
             for block in pending:
-                if isinstance(block, asyncio.Future):
-                    block.cancel()
+                block.cancel()
+                # A block counted before the attempt failed must not log its error as unread.
+                block.add_done_callback(_mark_read)
 
     async def _submit(
         self,
         info: DownloadInfo,
         current: _Attempt,
         data: bytes,
-        pending: deque[Awaitable[BlockCount]],
+        pending: deque[asyncio.Future[BlockCount]],
     ) -> None:
         block = current.counter.split(data)
         if not block:
             return
         layout = current.counter.layout
         assert layout is not None, "split() returns data lines only after the header"
-        pending.append(await self.counting.submit(block, layout))
+        pending.append(self.pool.submit(block, layout))
         # A bounded queue of blocks in flight keeps memory flat however fast the
         # network is compared with the counting.
         while len(pending) > self.max_pending_blocks:
@@ -214,3 +213,8 @@ class Orchestrator:
             unexpected_patients=tuple(sorted(patients - set(info.patients))),
             unexpected_event_types=tuple(sorted(event_types - set(info.event_types))),
         )
+
+
+def _mark_read(future: asyncio.Future[BlockCount]) -> None:
+    if not future.cancelled():
+        future.exception()

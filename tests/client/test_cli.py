@@ -135,12 +135,12 @@ def test_server_from_the_environment(server: str) -> None:
     assert json.loads(out) == json.loads(expected_json("other"))
 
 
-@pytest.mark.parametrize("workers", ["0", "1", "2"])
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
 @pytest.mark.parametrize("concurrency", ["1", "3"])
 def test_every_way_of_counting_gives_the_same_answer(
-    server: str, workers: str, concurrency: str
+    server: str, threads: str, concurrency: str
 ) -> None:
-    code, out, err = invoke("tiny", "-s", server, "--workers", workers, "-c", concurrency)
+    code, out, err = invoke("tiny", "-s", server, "--threads", threads, "-c", concurrency)
     assert code == 0, err
     assert out == expected_json("tiny") + "\n"
 
@@ -185,12 +185,12 @@ def test_faulty_server_still_gives_exact_counts(faulty_server: str) -> None:
     assert retries > 0, "the faulty server should have forced at least one retry"
 
 
-def test_worker_processes_with_retries_give_exact_counts(faulty_medium_server: str) -> None:
+def test_counting_threads_with_retries_give_exact_counts(faulty_medium_server: str) -> None:
     code, out, err = invoke(
         "medium",
         "-s",
         faulty_medium_server,
-        "--workers",
+        "--threads",
         "2",
         "--retries",
         "10",

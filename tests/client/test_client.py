@@ -21,7 +21,6 @@ from export_client._exceptions import (
     UnknownExportError,
 )
 from export_client._models import DownloadInfo
-from export_client._parallel import AdaptiveCounting, InlineCounting, PoolCounting
 
 BASE = "http://server.test"
 HEADER = b"patient_id,event_time,event_type,value\n"
@@ -68,7 +67,7 @@ def data_url(download_id: str) -> str:
 
 
 async def count(**options: Any) -> Any:
-    async with ExportClient(BASE, backoff=0.01, workers=0, **options) as client:
+    async with ExportClient(BASE, backoff=0.01, **options) as client:
         return await client.count("demo")
 
 
@@ -244,9 +243,8 @@ class _CountingAPI:
 
 @pytest.mark.parametrize("concurrency", [1, 2, 3])
 async def test_concurrency_is_bounded(concurrency: int) -> None:
-    from export_client._models import DownloadInfo
     from export_client._orchestrator import Orchestrator
-    from export_client._parallel import InlineCounting
+    from export_client._pool import CountingPool
     from export_client._progress import NoProgress
     from export_client._retry import RetryPolicy
 
@@ -255,16 +253,17 @@ async def test_concurrency_is_bounded(concurrency: int) -> None:
     downloads = [
         DownloadInfo(name, 3, ("P001", "P002"), ("bp_sys", "bp_dia"), "", "") for name in bodies
     ]
-    orchestrator = Orchestrator(
-        api=api,  # type: ignore[arg-type]
-        export_id="demo",
-        concurrency=concurrency,
-        policy=RetryPolicy(retries=0),
-        counting=InlineCounting(),
-        progress=NoProgress(),
-        block_bytes=16,
-    )
-    counted = await orchestrator.run(downloads)
+    async with CountingPool(2) as pool:
+        orchestrator = Orchestrator(
+            api=api,  # type: ignore[arg-type]
+            export_id="demo",
+            concurrency=concurrency,
+            policy=RetryPolicy(retries=0),
+            pool=pool,
+            progress=NoProgress(),
+            block_bytes=16,
+        )
+        counted = await orchestrator.run(downloads)
     assert api.most_open == concurrency
     assert sum(item.count.rows for item in counted) == 18
 
@@ -305,21 +304,3 @@ async def test_metadata_of_another_download_is_refused(mocked: aioresponses) -> 
 def test_a_server_that_is_not_an_http_url_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         ExportClient("localhost:8000")
-
-
-@pytest.mark.parametrize(("rows", "eager"), [(1_000_000, False), (1_000_001, True)])
-def test_workers_start_at_once_only_for_a_large_export(rows: int, eager: bool) -> None:
-    halves = (rows // 2, rows - rows // 2)
-    downloads = [
-        DownloadInfo(f"d{i}", half, ("P001",), ("bp_sys",), "2025-08-26T00:00:00", "")
-        for i, half in enumerate(halves)
-    ]
-    counting = ExportClient(BASE)._counting_for(downloads)
-    assert isinstance(counting, AdaptiveCounting)
-    assert counting.start_workers is eager
-
-
-@pytest.mark.parametrize(("workers", "kind"), [(0, InlineCounting), (3, PoolCounting)])
-def test_workers_option_chooses_the_counting(workers: int, kind: type) -> None:
-    counting = ExportClient(BASE, workers=workers)._counting_for([])
-    assert isinstance(counting, kind)

@@ -26,7 +26,7 @@ from .hostile import HEADER, api, body, hostile_server, metadata, rows
 
 runner = CliRunner()
 # Quick retries, so that every case below takes well under a second of waiting.
-FAST = ["--backoff", "0.01", "--workers", "0"]
+FAST = ["--backoff", "0.01"]
 
 
 def invoke(url: str, *args: str) -> tuple[int, str, str]:

@@ -31,6 +31,6 @@ def test_the_counting_core_imports_without_the_network_stack() -> None:
     import subprocess
     import sys
 
-    probe = "import sys, export_client._worker; print('aiohttp' in sys.modules)"
+    probe = "import sys, export_client._counting; print('aiohttp' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
