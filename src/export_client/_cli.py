@@ -7,7 +7,6 @@ import os
 import sys
 import traceback
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -31,7 +30,7 @@ from ._client import (
 from ._exceptions import ExportClientError, UnknownExportError
 from ._mock import mock_server
 from ._models import ExportReport
-from ._output import write_atomically
+from ._output import Output, OutputError
 from ._progress import NoProgress, PlainProgress, ProgressListener, TerminalProgress
 from ._signals import stop_message
 
@@ -112,12 +111,14 @@ def cli(
         ),
     ] = False,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "-o",
             "--output",
-            help="Write the JSON to FILE (atomically) instead of stdout.",
-            dir_okay=False,
+            metavar="FILE",
+            help="Write the JSON to FILE instead of stdout: a regular file is replaced "
+            "atomically (through a symlink, its target), a device or FIFO written in place; "
+            "- is stdout.",
             show_default=False,
         ),
     ] = None,
@@ -219,6 +220,11 @@ def cli(
     chosen = export_id or export_option
     if not chosen and not list_:
         raise UsageError("Missing export id: give one, or --list to see them.")
+    try:
+        # Before anything is downloaded: a result that cannot be written is not worth making.
+        destination = Output.at(output) if output is not None else None
+    except OutputError as error:
+        raise UsageError(str(error)) from None
     progress: ProgressListener = NoProgress()
     if not quiet:
         progress = TerminalProgress() if sys.stderr.isatty() and not list_ else PlainProgress()
@@ -254,9 +260,9 @@ def cli(
     except Exception as error:
         _fail(error, verbose, code=1, bug=True)
     if list_:
-        _emit(listing, output)
+        _emit(listing, destination)
     else:
-        _present(report, output=output, time_=time_, verbose=verbose)
+        _present(report, output=destination, time_=time_, verbose=verbose)
 
 
 async def _count(client: ExportClient, export_id: str) -> ExportReport:
@@ -278,7 +284,7 @@ async def _listing(client: ExportClient, export_id: str | None) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-def _present(report: ExportReport, *, output: Path | None, time_: bool, verbose: bool) -> None:
+def _present(report: ExportReport, *, output: Output | None, time_: bool, verbose: bool) -> None:
     # Warnings say the result is not all the data: never silenced, not even by --quiet.
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -302,21 +308,17 @@ def _present(report: ExportReport, *, output: Path | None, time_: bool, verbose:
         )
 
 
-def _emit(document: bytes, output: Path | None) -> None:
-    if output is None:
-        try:
-            sys.stdout.buffer.write(document)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # The reader left (`cli ... | head`): nothing more to tell it, and no traceback
-            # from the interpreter's own flush at exit either.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(1) from None
-    else:
-        try:
-            write_atomically(output, document)
-        except OSError as error:
-            _fail(ExportClientError(f"Cannot write {output}: {error.strerror}."), False, code=1)
+def _emit(document: bytes, output: Output | None) -> None:
+    try:
+        (output or Output.at("-")).write(document)
+    except BrokenPipeError:
+        # The reader left (`cli ... | head`): nothing more to tell it, and no traceback
+        # from the interpreter's own flush at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    except OSError as error:
+        where = output.path if output is not None else "stdout"
+        _fail(ExportClientError(f"Cannot write {where}: {error.strerror}."), False, code=1)
 
 
 def _fail(

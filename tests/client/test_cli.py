@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -15,6 +18,8 @@ from typer.testing import CliRunner
 
 from export_client._cli import SERVER_ENV, app
 from export_server import Catalog, ExportSpec, FaultConfig, generate_body, running_server
+
+from .hostile import hostile_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,6 +159,69 @@ def test_output_file_gets_the_same_bytes(server: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_output_through_a_symlink_replaces_its_target(server: str, tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_text("old\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    code, _, err = invoke("tiny", "-s", server, "-o", str(link))
+    assert code == 0, err
+    assert link.is_symlink()
+    assert real.read_text() == expected_json("tiny") + "\n"
+
+
+def test_a_new_output_file_follows_the_umask(server: str, tmp_path: Path) -> None:
+    target = tmp_path / "tiny.json"
+    old = os.umask(0o077)
+    try:
+        code, _, err = invoke("tiny", "-s", server, "-o", str(target))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="replacing /dev/null needs root")
+def test_dev_null_stays_a_device(server: str) -> None:
+    before = os.stat("/dev/null")
+    code, out, err = invoke("tiny", "-s", server, "-o", "/dev/null")
+    assert code == 0, err
+    assert out == ""
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode)
+    assert after.st_ino == before.st_ino
+
+
+def test_output_to_a_fifo(server: str, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    code, _, err = invoke("tiny", "-s", server, "-o", str(fifo))
+    reader.join(10)
+    assert code == 0, err
+    assert received == [expected_json("tiny") + "\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("dash", ["-", "/dev/stdout"])
+def test_output_dash_is_stdout(server: str, dash: str) -> None:
+    code, out, err = invoke("tiny", "-s", server, "-o", dash)
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+
+
+def test_a_missing_output_directory_is_a_usage_error_before_any_request(tmp_path: Path) -> None:
+    with hostile_server({}) as recorder:
+        code, out, err = invoke("tiny", "-s", recorder.url, "-o", str(tmp_path / "no" / "x.json"))
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: "), err
+    assert "does not exist" in err
+    assert recorder.requests == []
+
+
 def test_a_failed_run_leaves_the_output_file_alone(broken_server: str, tmp_path: Path) -> None:
     target = tmp_path / "tiny.json"
     target.write_text("previous result\n")
@@ -217,7 +285,7 @@ def test_a_stalled_server_times_out(slow_server: str) -> None:
 def test_an_unwritable_output_is_one_error_line(server: str, tmp_path: Path) -> None:
     target = tmp_path / "missing-directory" / "tiny.json"
     code, out, err = invoke("tiny", "-s", server, "-o", str(target))
-    assert code == 1
+    assert code == 2  # a usage error, found before anything is downloaded
     assert out == ""
     assert err.startswith("error: Cannot write ")
     assert len(err.splitlines()) == 1
