@@ -16,11 +16,14 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+/* KERNEL_PORTABLE builds the plain C fallbacks only (no SSE2, no compiler builtins), so that
+ * benchmarks/asan.sh can test them on any machine. */
+#if !defined(KERNEL_PORTABLE) && \
+    (defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2))
 #include <emmintrin.h>
 #define KERNEL_SSE2 1
 #endif
-#if defined(_MSC_VER) && !defined(__clang__)
+#if !defined(KERNEL_PORTABLE) && defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 #endif
 
@@ -68,9 +71,9 @@ typedef struct {
 static inline unsigned
 lowest_bit(uint64_t m) /* m != 0 */
 {
-#if defined(__GNUC__) || defined(__clang__)
+#if !defined(KERNEL_PORTABLE) && (defined(__GNUC__) || defined(__clang__))
     return (unsigned)__builtin_ctzll(m);
-#elif defined(_MSC_VER) && defined(_M_X64)
+#elif !defined(KERNEL_PORTABLE) && defined(_MSC_VER) && defined(_M_X64)
     unsigned long i;
     _BitScanForward64(&i, m);
     return (unsigned)i;
@@ -252,6 +255,44 @@ table_add(Table *t, Slice patient, Slice event_type)
 
 /* ---- the scan --------------------------------------------------------------------------- */
 
+#ifndef KERNEL_SSE2
+#define BYTES(c) (UINT64_C(0x0101010101010101) * (unsigned char)(c))
+
+/* 8 bytes with p[0] as the lowest, whatever the machine's byte order. */
+static inline uint64_t
+load_le64(const char *p)
+{
+    static const union {
+        uint16_t word;
+        unsigned char first;
+    } order = {1};
+    uint64_t w = load64(p);
+    if (!order.first) { /* big-endian: swap (compilers fold the test and emit one bswap) */
+        w = (w & UINT64_C(0x00000000ffffffff)) << 32 | w >> 32;
+        w = (w & UINT64_C(0x0000ffff0000ffff)) << 16 | (w >> 16 & UINT64_C(0x0000ffff0000ffff));
+        w = (w & UINT64_C(0x00ff00ff00ff00ff)) << 8 | (w >> 8 & UINT64_C(0x00ff00ff00ff00ff));
+    }
+    return w;
+}
+
+/* The top bit of each byte of the result is set exactly where that byte of w is zero (no carry
+ * crosses a byte: each sum is at most 0x7f + 0x7f). */
+static inline uint64_t
+zero_bytes(uint64_t w)
+{
+    const uint64_t low7 = UINT64_C(0x7f7f7f7f7f7f7f7f);
+    return ~(((w & low7) + low7) | w | low7);
+}
+
+/* Bit i of the result is the top bit of byte i of z (whose other bits are 0): the multiply
+ * moves byte i's flag to bit 56 + i, and no other partial product reaches bits 56 to 63. */
+static inline uint64_t
+gather_flags(uint64_t z)
+{
+    return ((z >> 7) * UINT64_C(0x0102040810204080)) >> 56;
+}
+#endif
+
 /* Bit i of the result is set when p[i] (of 64 bytes) is a comma or a newline; bit i of *special
  * when it is a quote or a carriage return. Finding those in the same pass as the separators,
  * rather than with a memchr over the block first, saves reading the block twice more. */
@@ -270,10 +311,13 @@ classify64(const char *p, uint64_t *special)
         q |= (uint64_t)(unsigned)_mm_movemask_epi8(odd) << (16 * i);
     }
 #else
+    /* SWAR, 8 bytes at a time: the top bit of each byte flags a match, and one multiply gathers
+     * the 8 flags into 8 adjacent bits. */
     uint64_t m = 0, q = 0;
-    for (unsigned i = 0; i < 64; i++) {
-        m |= (uint64_t)(p[i] == ',' || p[i] == '\n') << i;
-        q |= (uint64_t)(p[i] == '"' || p[i] == '\r') << i;
+    for (unsigned i = 0; i < 8; i++) {
+        uint64_t w = load_le64(p + 8 * i);
+        m |= gather_flags(zero_bytes(w ^ BYTES(',')) | zero_bytes(w ^ BYTES('\n'))) << (8 * i);
+        q |= gather_flags(zero_bytes(w ^ BYTES('"')) | zero_bytes(w ^ BYTES('\r'))) << (8 * i);
     }
 #endif
     *special = q;
