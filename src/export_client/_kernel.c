@@ -401,8 +401,8 @@ scan_block(Scan *s, const char *block, size_t n, size_t field_count, size_t pati
         while (m) {
             const char *p = block + base + lowest_bit(m);
             m &= m - 1;
-            /* The field [field, p) ends here. A CR before a line end is stripped by end_line,
-             * or, on the last field, below. */
+            /* The field [field, p) ends here. A counted field that ends its line loses the
+             * line's CR, as end_line strips it from the line (the only place a CR can be). */
             if (index == patient_index || index == event_type_index) {
                 const char *end = p;
                 if (*p == '\n' && end > field && end[-1] == '\r')
