@@ -9,14 +9,15 @@ kernel, `export_client._kernel.count_lines`, over the same blocks (left out, wit
 it is not built). The variants run in rotation, so that noise from other processes hits each of
 them alike; both wall-clock and process CPU time are reported (CPU time is steadier on a shared
 machine). Then the kernel's throughput on one thread against two threads at once, each counting
-all the blocks (it releases the GIL), again in rotation. Results also go to
-benchmarks/results/counting_core.json.
+all the blocks (it releases the GIL), again in rotation, with hashlib.sha256 as a control.
+Results also go to benchmarks/results/counting_core.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -150,7 +151,12 @@ def make_kernel(body: bytes, kernel: ModuleType) -> Callable[[], tuple[Pairs, in
 
 
 def kernel_threads(body: bytes, kernel: ModuleType, repeats: int) -> dict[str, object]:
-    """The kernel on one thread, and on two threads at once each counting every block."""
+    """The kernel on one thread, and on two threads at once each counting every block.
+
+    Beside it, as a control, hashlib.sha256 over the same blocks, which also releases the GIL:
+    where it does not scale either, the second core was busy with other work, not held up by
+    the GIL. Process CPU time over wall time is how many cores the threads kept busy.
+    """
     layout, blocks = split_blocks(body)
     args = (layout.field_count, layout.patient_index, layout.event_type_index, 5)
     data_bytes = sum(len(block) for block in blocks)
@@ -159,24 +165,40 @@ def kernel_threads(body: bytes, kernel: ModuleType, repeats: int) -> dict[str, o
         for block in blocks:
             kernel.count_lines(block, *args)
 
-    wall: dict[int, list[float]] = {1: [], 2: []}
+    def hash_all() -> None:
+        for block in blocks:
+            hashlib.sha256(block)
+
+    workloads = {"kernel": count_all, "sha256_control": hash_all}
+    runs = [(name, threads) for name in workloads for threads in (1, 2)]
+    wall: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+    cpu: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
     with ThreadPoolExecutor(max_workers=2) as pool:
         for _ in range(repeats):
-            for threads in (1, 2):
-                start = time.perf_counter()
-                for future in [pool.submit(count_all) for _ in range(threads)]:
+            for name, threads in runs:
+                wall_start, cpu_start = time.perf_counter(), time.process_time()
+                for future in [pool.submit(workloads[name]) for _ in range(threads)]:
                     future.result()
-                wall[threads].append(time.perf_counter() - start)
+                cpu[name, threads].append(time.process_time() - cpu_start)
+                wall[name, threads].append(time.perf_counter() - wall_start)
     results: dict[str, object] = {}
-    for threads, times in wall.items():
-        median = statistics.median(times)
-        results[f"{threads}_threads"] = {
-            "wall_seconds": times,
-            "median_wall_seconds": median,
-            "bytes_per_second": threads * data_bytes / median,
-        }
-    one = statistics.median(wall[1])
-    results["speedup_2_vs_1"] = 2 * one / statistics.median(wall[2])
+    for name in workloads:
+        result: dict[str, object] = {}
+        for threads in (1, 2):
+            times = wall[name, threads]
+            median = statistics.median(times)
+            result[f"{threads}_threads"] = {
+                "wall_seconds": times,
+                "cpu_seconds": cpu[name, threads],
+                "median_wall_seconds": median,
+                "bytes_per_second": threads * data_bytes / median,
+                "median_cores_busy": statistics.median(
+                    c / w for c, w in zip(cpu[name, threads], times, strict=True)
+                ),
+            }
+        one, two = (statistics.median(wall[name, threads]) for threads in (1, 2))
+        result["speedup_2_vs_1"] = 2 * one / two
+        results[name] = result
     return results
 
 
@@ -250,16 +272,18 @@ def main() -> None:
     threads = None
     if kernel is not None:
         threads = kernel_threads(body, kernel, max(args.repeats, 5))
-        for count in (1, 2):
-            run = threads[f"{count}_threads"]
-            assert isinstance(run, dict)
-            times = run["wall_seconds"]
-            print(
-                f"kernel, {count} thread{'s' if count > 1 else ' '} at once: median "
-                f"{run['median_wall_seconds']:.3f} s ({min(times):.3f}-{max(times):.3f}) for "
-                f"{count} x the data, {run['bytes_per_second'] / 1e6:.0f} MB/s in all"
-            )
-        print(f"two threads count {threads['speedup_2_vs_1']:.2f}x as much per second as one")
+        for name, result in threads.items():
+            assert isinstance(result, dict)
+            for count in (1, 2):
+                run = result[f"{count}_threads"]
+                times = run["wall_seconds"]
+                print(
+                    f"{name}, {count} thread{'s' if count > 1 else ' '} at once: median "
+                    f"{run['median_wall_seconds']:.3f} s ({min(times):.3f}-{max(times):.3f}) "
+                    f"for {count} x the data, {run['bytes_per_second'] / 1e6:.0f} MB/s in all, "
+                    f"{run['median_cores_busy']:.2f} cores busy"
+                )
+            print(f"{name}: two threads get {result['speedup_2_vs_1']:.2f}x the bytes/s of one")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
