@@ -4,16 +4,20 @@
 
 Times, on the same data in the same run: (a) the baseline, a per-line `csv.reader` loop that
 counts (patient_id, event_type) in a dict; (b) `DownloadCounter.feed` over 32 KiB chunks cut
-at arbitrary bytes; (c) `count_block` over ~1 MiB blocks of whole lines. The variants run in
-rotation, so that noise from other processes hits each of them alike; both wall-clock and
-process CPU time are reported (CPU time is steadier on a shared machine). Results also go to
-benchmarks/results/counting_core.json.
+at arbitrary bytes; (c) `count_block` over ~1 MiB blocks of whole lines; (d) the compiled
+kernel, `export_client._kernel.count_lines`, over the same blocks (left out, with a note, where
+it is not built). The variants run in rotation, so that noise from other processes hits each of
+them alike; both wall-clock and process CPU time are reported (CPU time is steadier on a shared
+machine). Then the kernel's throughput on one thread against two threads at once, each counting
+all the blocks (it releases the GIL), again in rotation, with hashlib.sha256 as a control.
+Results also go to benchmarks/results/counting_core.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -23,8 +27,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 from export_client._counting import CsvLayout, DownloadCounter, count_block
 
@@ -91,7 +97,8 @@ def make_feed(body: bytes) -> Callable[[], tuple[Pairs, int]]:
     return feed
 
 
-def make_count_block(body: bytes) -> Callable[[], tuple[Pairs, int]]:
+def split_blocks(body: bytes) -> tuple[CsvLayout, list[bytes]]:
+    """The layout, and the data lines in blocks of whole lines of about `BLOCK_BYTES`."""
     header_end = body.index(b"\n") + 1
     layout = CsvLayout.from_header(body[:header_end])
     blocks = []
@@ -100,6 +107,19 @@ def make_count_block(body: bytes) -> Callable[[], tuple[Pairs, int]]:
         end = body.rfind(b"\n", start, start + BLOCK_BYTES) + 1 or len(body)
         blocks.append(body[start:end])
         start = end
+    return layout, blocks
+
+
+def load_kernel() -> ModuleType | None:
+    try:
+        from export_client import _kernel
+    except ImportError:
+        return None
+    return _kernel
+
+
+def make_count_block(body: bytes) -> Callable[[], tuple[Pairs, int]]:
+    layout, blocks = split_blocks(body)
 
     def count_blocks() -> tuple[Pairs, int]:
         pairs: Counter[tuple[bytes, bytes]] = Counter()
@@ -111,6 +131,75 @@ def make_count_block(body: bytes) -> Callable[[], tuple[Pairs, int]]:
         return {(p.decode(), e.decode()): n for (p, e), n in pairs.items()}, rows
 
     return count_blocks
+
+
+def make_kernel(body: bytes, kernel: ModuleType) -> Callable[[], tuple[Pairs, int]]:
+    layout, blocks = split_blocks(body)
+    args = (layout.field_count, layout.patient_index, layout.event_type_index, 5)
+
+    def count_lines() -> tuple[Pairs, int]:
+        pairs: Counter[tuple[bytes, bytes]] = Counter()
+        rows = 0
+        for block in blocks:
+            counted = kernel.count_lines(block, *args)
+            assert counted is not None, "the kernel declined a block of the benchmark data"
+            pairs.update(counted[0])
+            rows += counted[1]
+        return {(p.decode(), e.decode()): n for (p, e), n in pairs.items()}, rows
+
+    return count_lines
+
+
+def kernel_threads(body: bytes, kernel: ModuleType, repeats: int) -> dict[str, object]:
+    """The kernel on one thread, and on two threads at once each counting every block.
+
+    Beside it, as a control, hashlib.sha256 over the same blocks, which also releases the GIL:
+    where it does not scale either, the second core was busy with other work, not held up by
+    the GIL. Process CPU time over wall time is how many cores the threads kept busy.
+    """
+    layout, blocks = split_blocks(body)
+    args = (layout.field_count, layout.patient_index, layout.event_type_index, 5)
+    data_bytes = sum(len(block) for block in blocks)
+
+    def count_all() -> None:
+        for block in blocks:
+            kernel.count_lines(block, *args)
+
+    def hash_all() -> None:
+        for block in blocks:
+            hashlib.sha256(block)
+
+    workloads = {"kernel": count_all, "sha256_control": hash_all}
+    runs = [(name, threads) for name in workloads for threads in (1, 2)]
+    wall: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+    cpu: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(repeats):
+            for name, threads in runs:
+                wall_start, cpu_start = time.perf_counter(), time.process_time()
+                for future in [pool.submit(workloads[name]) for _ in range(threads)]:
+                    future.result()
+                cpu[name, threads].append(time.process_time() - cpu_start)
+                wall[name, threads].append(time.perf_counter() - wall_start)
+    results: dict[str, object] = {}
+    for name in workloads:
+        result: dict[str, object] = {}
+        for threads in (1, 2):
+            times = wall[name, threads]
+            median = statistics.median(times)
+            result[f"{threads}_threads"] = {
+                "wall_seconds": times,
+                "cpu_seconds": cpu[name, threads],
+                "median_wall_seconds": median,
+                "bytes_per_second": threads * data_bytes / median,
+                "median_cores_busy": statistics.median(
+                    c / w for c, w in zip(cpu[name, threads], times, strict=True)
+                ),
+            }
+        one, two = (statistics.median(wall[name, threads]) for threads in (1, 2))
+        result["speedup_2_vs_1"] = 2 * one / two
+        results[name] = result
+    return results
 
 
 def main() -> None:
@@ -131,6 +220,11 @@ def main() -> None:
         "download_counter_feed_32k": make_feed(body),
         "count_block_1m": make_count_block(body),
     }
+    kernel = load_kernel()
+    if kernel is not None:
+        variants["kernel_count_lines_1m"] = make_kernel(body, kernel)
+    else:
+        print("note: export_client._kernel is not built; its variant is left out")
     expected = baseline(body)
     rows = expected[1]
     for name, run in variants.items():
@@ -147,7 +241,10 @@ def main() -> None:
 
     source = "reference small[0]" if args.reference else "synthetic"
     print(f"{source}: {rows:,} rows, {len(body) / 1e6:.1f} MB, {args.repeats} repeats, 1 core")
-    print(f"{'variant':28} {'median s':>9} {'min-max s':>15} {'M rows/s':>9} {'x base':>7}  (cpu)")
+    print(
+        f"{'variant':28} {'median s':>9} {'min-max s':>15} {'M rows/s':>9} {'MB/s':>7} "
+        f"{'x base':>7}  (cpu)"
+    )
     base_wall = statistics.median(wall["baseline_csv_reader"])
     base_cpu = statistics.median(cpu["baseline_csv_reader"])
     results = {}
@@ -161,15 +258,32 @@ def main() -> None:
             "median_cpu_seconds": median_cpu,
             "rows_per_second_wall": rows / median_wall,
             "rows_per_second_cpu": rows / median_cpu,
+            "bytes_per_second_wall": len(body) / median_wall,
+            "bytes_per_second_cpu": len(body) / median_cpu,
             "speedup_vs_baseline_wall": base_wall / median_wall,
             "speedup_vs_baseline_cpu": base_cpu / median_cpu,
         }
         spread = f"{min(wall[name]):.3f}-{max(wall[name]):.3f}"
         print(
             f"{name:28} {median_wall:9.3f} {spread:>15} {rows / median_wall / 1e6:9.2f} "
-            f"{base_wall / median_wall:7.2f}  ({rows / median_cpu / 1e6:.2f} M rows/s, "
-            f"x{base_cpu / median_cpu:.2f})"
+            f"{len(body) / median_wall / 1e6:7.0f} {base_wall / median_wall:7.2f}  "
+            f"({rows / median_cpu / 1e6:.2f} M rows/s, x{base_cpu / median_cpu:.2f})"
         )
+    threads = None
+    if kernel is not None:
+        threads = kernel_threads(body, kernel, max(args.repeats, 5))
+        for name, result in threads.items():
+            assert isinstance(result, dict)
+            for count in (1, 2):
+                run = result[f"{count}_threads"]
+                times = run["wall_seconds"]
+                print(
+                    f"{name}, {count} thread{'s' if count > 1 else ' '} at once: median "
+                    f"{run['median_wall_seconds']:.3f} s ({min(times):.3f}-{max(times):.3f}) "
+                    f"for {count} x the data, {run['bytes_per_second'] / 1e6:.0f} MB/s in all, "
+                    f"{run['median_cores_busy']:.2f} cores busy"
+                )
+            print(f"{name}: two threads get {result['speedup_2_vs_1']:.2f}x the bytes/s of one")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
@@ -181,6 +295,7 @@ def main() -> None:
                 "python": sys.version.split()[0],
                 "machine": platform.machine(),
                 "results": results,
+                "kernel_threads": threads,
             },
             indent=2,
         )
