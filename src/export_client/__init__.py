@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._client import DEFAULT_CONCURRENCY, DEFAULT_SERVER, ExportClient, count_export
-    from ._counting import BlockCount, CsvLayout, DownloadCounter, count_block
+    from ._counting import COUNTING_CORE, BlockCount, CsvLayout, DownloadCounter, count_block
     from ._exceptions import (
         CsvFormatError,
         DownloadError,
@@ -36,13 +36,13 @@ if TYPE_CHECKING:
     from ._results import DownloadCount, ExportCount, merge_counts
     from ._retry import RetryPolicy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Imported on first use: `import export_client` stays cheap, and so does using only the
 # counting core, without aiohttp and the rest of the client.
 _MODULES = {
     "_client": ("DEFAULT_CONCURRENCY", "DEFAULT_SERVER", "ExportClient", "count_export"),
-    "_counting": ("BlockCount", "CsvLayout", "DownloadCounter", "count_block"),
+    "_counting": ("COUNTING_CORE", "BlockCount", "CsvLayout", "DownloadCounter", "count_block"),
     "_exceptions": (
         "CsvFormatError",
         "DownloadError",
@@ -64,6 +64,7 @@ _MODULES = {
 _HOMES = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
+    "COUNTING_CORE",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_SERVER",
     "BlockCount",

@@ -27,6 +27,7 @@ from ._client import (
     ExportClient,
     check_server_url,
 )
+from ._counting import COUNTING_CORE
 from ._exceptions import ExportClientError, UnknownExportError
 from ._mock import mock_server
 from ._models import ExportReport
@@ -79,7 +80,7 @@ def _server_url(value: str) -> str:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"cli {__version__}")
+        typer.echo(f"cli {__version__} (counting core: {COUNTING_CORE})")
         raise typer.Exit()
 
 
@@ -228,6 +229,8 @@ def cli(
     progress: ProgressListener = NoProgress()
     if not quiet:
         progress = TerminalProgress() if sys.stderr.isatty() and not list_ else PlainProgress()
+    if verbose:
+        typer.echo(f"counting core: {COUNTING_CORE}", err=True)
     server_context: AbstractContextManager[str] = (
         mock_server(show_log=verbose) if mock else nullcontext(server)
     )

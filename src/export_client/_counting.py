@@ -1,6 +1,10 @@
 """The counting core: (patient_id, event_type) pairs of CSV blocks, fast and exact.
 
-`count_block` tries a fast path on each sub-block of quote-free lines: it checks with C-speed
+`count_block` counts a block with the compiled kernel (`_kernel.c`) where it was built, and
+with the pure-Python core below where it was not, or where the kernel declines the block (it
+takes only quote-free lines). Both give the same result; the pure core is the reference.
+
+The pure core tries a fast path on each sub-block of quote-free lines: it checks with C-speed
 bytes operations that every line has exactly the header's number of fields, splits all fields
 at once and counts the pairs with `collections.Counter`; blank lines are dropped first. A
 sub-block that fails a check (a malformed row, a stray ``\\r``) and any block holding a quote
@@ -12,16 +16,44 @@ prove.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from export_client._exceptions import CsvFormatError
-from export_client._lines import DEFAULT_MAX_LINE_BYTES, LineSplitter, first_record_end
+from export_client._lines import DEFAULT_MAX_LINE_BYTES, LineSplitter, Piece, first_record_end
 from export_client._results import DownloadCount
 
-__all__ = ["BlockCount", "CsvLayout", "DownloadCounter", "count_block"]
+__all__ = [
+    "COUNTING_CORE",
+    "PURE_PYTHON_ENV",
+    "BlockCount",
+    "CsvLayout",
+    "DownloadCounter",
+    "count_block",
+]
+
+# Set to anything but "" or "0" to count with the pure-Python core even where the kernel is
+# built, as AIOHTTP_NO_EXTENSIONS does for aiohttp: to rule the kernel out.
+PURE_PYTHON_ENV = "EXPORT_COUNTER_PURE_PYTHON"
+
+
+def _load_kernel() -> ModuleType | None:
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from . import _kernel  # type: ignore[attr-defined]
+    except ImportError:
+        return None  # not built: no C compiler at install time
+    return _kernel  # type: ignore[no-any-return]
+
+
+_kernel = _load_kernel()
+COUNTING_CORE = "compiled" if _kernel is not None else "pure Python"
+"""Which core counts in this process: "compiled" or "pure Python"."""
 
 MAX_MALFORMED_EXAMPLES = 5
 _EXAMPLE_CHARS = 200
@@ -74,7 +106,7 @@ class CsvLayout:
 
 @dataclass
 class BlockCount:
-    """The counts of one block of lines; picklable, so a process pool can return it."""
+    """The counts of one block of lines."""
 
     pairs: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
     rows: int = 0  # data rows seen, malformed included, blank lines excluded
@@ -83,8 +115,28 @@ class BlockCount:
     blank_lines: int = 0
 
 
-def count_block(block: bytes, layout: CsvLayout) -> BlockCount:
+def count_block(block: Piece, layout: CsvLayout) -> BlockCount:
     """Count the (patient_id, event_type) pairs of whole CSV lines (the last may lack "\\n")."""
+    if _kernel is not None:
+        counted = _kernel.count_lines(
+            block,
+            layout.field_count,
+            layout.patient_index,
+            layout.event_type_index,
+            MAX_MALFORMED_EXAMPLES,
+        )
+        if counted is not None:
+            pairs, rows, malformed, blank_lines, examples = counted
+            return BlockCount(
+                pairs, rows, malformed, [_example(line) for line in examples], blank_lines
+            )
+    return count_block_pure(block, layout)
+
+
+def count_block_pure(block: Piece, layout: CsvLayout) -> BlockCount:
+    """`count_block` in pure Python: the kernel's fallback and its reference."""
+    if isinstance(block, memoryview):
+        block = block.tobytes()
     tally = _Tally()
     if b'"' in block:
         # Newlines may sit inside quoted fields, so the block cannot be cut into sub-blocks.
@@ -138,14 +190,15 @@ class DownloadCounter:
         """Blank lines after the header counted so far."""
         return self._blank_lines
 
-    def split(self, chunk: bytes) -> bytes:
-        """Feed a chunk; return the complete data lines it completed (possibly b"")."""
+    def split(self, chunk: bytes) -> list[Piece]:
+        """Feed a chunk; return the complete data lines it completed, as pieces (maybe none)."""
         if self._head is not None:
             chunk = self._strip_bom(chunk)
-        block = self._splitter.feed(chunk)
-        if self.layout is None and block:
-            block = self._take_header(block)
-        return block
+        pieces = self._splitter.feed(chunk)
+        if self.layout is None and pieces:
+            rest = self._take_header(b"".join(pieces))
+            pieces = [rest] if rest else []
+        return pieces
 
     def add(self, block_count: BlockCount) -> None:
         """Merge the counts of a block."""
@@ -159,10 +212,9 @@ class DownloadCounter:
 
     def feed(self, chunk: bytes) -> None:
         """Feed a chunk and count the lines it completed."""
-        block = self.split(chunk)
-        if block:
+        for piece in self.split(chunk):
             assert self.layout is not None  # split returns data lines only after the header
-            self.add(count_block(block, self.layout))
+            self.add(count_block(piece, self.layout))
 
     def finish(self) -> None:
         """End of body: count the last record, and tell whether the body looks incomplete.
@@ -174,7 +226,7 @@ class DownloadCounter:
         if self._head is not None:
             pending = self._head
             self._head = None
-        complete = self._splitter.feed(pending)
+        complete = b"".join(self._splitter.feed(pending))
         # The splitter cuts only at record ends, so what it still holds is one record that
         # has no line end (or nothing).
         last = self._splitter.finish()

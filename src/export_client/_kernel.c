@@ -524,7 +524,8 @@ PyDoc_STRVAR(count_lines_doc,
              "            max_examples)\n"
              "--\n"
              "\n"
-             "Count the (patient_id, event_type) pairs of a block of whole CSV lines.\n"
+             "Count the (patient_id, event_type) pairs of a block of whole CSV lines:\n"
+             "bytes, or a memoryview of bytes (counted where it lies, without a copy).\n"
              "\n"
              "Return (pairs, rows, malformed, blank_lines, examples), or None if the block\n"
              "holds a quote or a carriage return that does not end a line. pairs maps\n"
@@ -539,10 +540,19 @@ count_lines(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         "block", "field_count", "patient_index", "event_type_index", "max_examples", NULL};
     PyObject *block;
     Py_ssize_t field_count, patient_index, event_type_index, max_examples;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!nnnn:count_lines", keywords, &PyBytes_Type,
-                                     &block, &field_count, &patient_index, &event_type_index,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onnnn:count_lines", keywords, &block,
+                                     &field_count, &patient_index, &event_type_index,
                                      &max_examples))
         return NULL;
+    /* The scan runs without the GIL, so the bytes must be immutable: a bytes object, or a
+     * memoryview of one (a slice of a network chunk, counted where it lies). */
+    if (!PyBytes_Check(block) &&
+        !(PyMemoryView_Check(block) && PyMemoryView_GET_BASE(block) != NULL &&
+          PyBytes_Check(PyMemoryView_GET_BASE(block)))) {
+        PyErr_Format(PyExc_TypeError, "block must be bytes or a memoryview of bytes, not %.100s",
+                     Py_TYPE(block)->tp_name);
+        return NULL;
+    }
     if (field_count < 2) {
         PyErr_SetString(PyExc_ValueError, "field_count must be at least 2");
         return NULL;
@@ -562,8 +572,17 @@ count_lines(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         return NULL;
     }
 
-    const char *data = PyBytes_AS_STRING(block);
-    size_t n = (size_t)PyBytes_GET_SIZE(block);
+    /* Held until the end: a memoryview cannot be released while the scan reads it. */
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(block, &buffer, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (buffer.itemsize != 1) {
+        PyBuffer_Release(&buffer);
+        PyErr_SetString(PyExc_TypeError, "block must be a memoryview of bytes, format 'B'");
+        return NULL;
+    }
+    const char *data = buffer.buf;
+    size_t n = (size_t)buffer.len;
     Scan s;
     memset(&s, 0, sizeof s);
     s.max_examples = (size_t)max_examples;
@@ -585,6 +604,7 @@ count_lines(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         result = build_result(&s);
     table_free(&s.table);
     PyMem_RawFree(s.examples);
+    PyBuffer_Release(&buffer);
     return result;
 }
 

@@ -14,9 +14,12 @@ import re
 
 from export_client._exceptions import CsvFormatError
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "LineSplitter", "first_record_end"]
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "LineSplitter", "Piece", "first_record_end"]
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+# Complete records: bytes, or a memoryview of a network chunk that holds them (no copy).
+Piece = bytes | memoryview
 
 # Parser states, named after the states of CPython's _csv.c reader.
 _START_RECORD = 0
@@ -105,7 +108,8 @@ class LineSplitter:
     """Turns a stream of byte chunks into blocks of complete lines.
 
     `feed` returns the complete records seen so far (each ending in ``\\n``, never cut inside a
-    quoted field) and carries the unfinished last record into the next call; `finish` returns
+    quoted field), as pieces that are mostly views of the chunks, and carries the unfinished
+    last record into the next call; `finish` returns
     what is left at the end of the body. A record longer than `max_line_bytes` (not counting
     its final ``\\n``) raises `CsvFormatError`, so the carry never grows without bound.
     """
@@ -119,38 +123,48 @@ class LineSplitter:
         self._carry_len = 0
         self._state = _START_RECORD
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Add a chunk; return the block of records it completed (possibly ``b""``)."""
+    def feed(self, chunk: bytes) -> list[Piece]:
+        """Add a chunk; return the records it completed, as pieces in order (maybe none).
+
+        The record carried over from earlier chunks comes first, joined (usually one line);
+        the chunk's other complete records come as one memoryview of the chunk, not copied.
+        """
         if not chunk:
-            return b""
+            return []
         if self._state != _IN_QUOTED_FIELD and b'"' not in chunk:
             # Without quotes every newline ends a record; the state only matters for the tail.
             cut = chunk.rfind(b"\n") + 1
             if not cut:
                 self._state = _scan(chunk, self._state)[0]
                 self._carry_more(chunk)
-                return b""
+                return []
             if self._carry_len + cut > self._max_line_bytes:
                 self._check_unquoted_lines(chunk, cut)
             self._state = (
                 _scan(chunk[cut:], _START_RECORD)[0] if cut < len(chunk) else _START_RECORD
             )
+            first = chunk.find(b"\n") + 1 if self._carry else 0
         else:
             self._state, cuts = _scan(chunk, self._state)
             if not cuts:
                 self._carry_more(chunk)
-                return b""
+                return []
             self._check_records(cuts)
             cut = cuts[-1]
-        head = chunk[:cut] if cut < len(chunk) else chunk
+            first = cuts[0] if self._carry else 0
+        pieces: list[Piece] = []
         if self._carry:
-            self._carry.append(head)
-            head = b"".join(self._carry)
+            self._carry.append(chunk[:first])
+            pieces.append(b"".join(self._carry))
             self._carry.clear()
             self._carry_len = 0
+        if first == 0 and cut == len(chunk):
+            pieces.append(chunk)
+        elif first < cut:
+            pieces.append(memoryview(chunk)[first:cut])
         if cut < len(chunk):
             self._carry_more(chunk[cut:])
-        return head
+        return pieces
 
     def finish(self) -> bytes:
         """Return what is left at the end of the body (a last record without newline, or b"")."""

@@ -16,6 +16,7 @@ from ._exceptions import (
     MalformedDownloadError,
 )
 from ._http import ExportAPI, TransientError
+from ._lines import Piece
 from ._models import DownloadInfo, DownloadReport
 from ._pool import CountingPool
 from ._progress import ProgressListener
@@ -119,24 +120,25 @@ class Orchestrator:
 
     async def _stream(self, info: DownloadInfo, current: _Attempt) -> None:
         pending: deque[asyncio.Future[BlockCount]] = deque()
-        buffer: list[bytes] = []
-        buffered = 0
+        batch: list[Piece] = []
+        batched = 0
         try:
             async with self.api.open_data(self.export_id, info.id) as stream:
                 chunks = stream.chunks(speed_limit=self.speed_limit, speed_time=self.speed_time)
                 async for chunk in chunks:
                     current.received += len(chunk)
                     self.progress.received(info.id, len(chunk))
-                    buffer.append(chunk)
-                    buffered += len(chunk)
+                    for piece in current.counter.split(chunk):
+                        batch.append(piece)
+                        batched += len(piece)
                     # Counting per network read would pay the per-block overhead
                     # thousands of times; batching to `block_bytes` keeps it negligible.
-                    if buffered >= self.block_bytes:
-                        await self._submit(info, current, b"".join(buffer), pending)
-                        buffer.clear()
-                        buffered = 0
-            if buffer:
-                await self._submit(info, current, b"".join(buffer), pending)
+                    if batched >= self.block_bytes:
+                        await self._submit(info, current, batch, pending)
+                        batch = []
+                        batched = 0
+            if batch:
+                await self._submit(info, current, batch, pending)
             while pending:
                 self._add(info, current, await pending.popleft())
             current.counter.finish()
@@ -153,14 +155,14 @@ class Orchestrator:
         self,
         info: DownloadInfo,
         current: _Attempt,
-        data: bytes,
+        batch: list[Piece],
         pending: deque[asyncio.Future[BlockCount]],
     ) -> None:
-        block = current.counter.split(data)
-        if not block:
-            return
         layout = current.counter.layout
         assert layout is not None, "split() returns data lines only after the header"
+        # One large piece is counted where it lies; several small ones are cheaper to join
+        # than to count one by one.
+        block = batch[0] if len(batch) == 1 else b"".join(batch)
         pending.append(self.pool.submit(block, layout))
         # A bounded queue of blocks in flight keeps memory flat however fast the
         # network is compared with the counting.

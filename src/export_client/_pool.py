@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from ._counting import BlockCount, CsvLayout, count_block
+from ._lines import Piece
 
 
 def available_cores() -> int:
@@ -47,7 +48,7 @@ class CountingPool:
             # Blocks not started are dropped; one being counted takes milliseconds at most.
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, block: bytes, layout: CsvLayout) -> asyncio.Future[BlockCount]:
+    def submit(self, block: Piece, layout: CsvLayout) -> asyncio.Future[BlockCount]:
         """Starts counting `block`; the future gives its count."""
         if self._executor is None:
             raise RuntimeError("use CountingPool as an async context manager")

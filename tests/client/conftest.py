@@ -9,6 +9,16 @@ from unittest.mock import Mock
 import aioresponses.core
 import pytest
 from aiohttp import ClientResponse
+from hypothesis import HealthCheck, settings
+
+from export_client import _counting
+
+# The counting-core fixture below is function-scoped, and its state (which core counts) holds
+# for every example of a test, so hypothesis need not warn about it.
+settings.register_profile(
+    "export_counter", suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("export_counter")
 
 
 class _ClientResponseWithStreamWriter(ClientResponse):
@@ -28,3 +38,14 @@ def mocked() -> Iterator[aioresponses.aioresponses]:
         patch.setattr(aioresponses.core, "ClientResponse", _ClientResponseWithStreamWriter)
         with aioresponses.aioresponses() as mock:
             yield mock
+
+
+@pytest.fixture(params=["compiled", "pure Python"])
+def counting_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once with the compiled kernel (where it is built) and once without it."""
+    if request.param == "compiled":
+        if _counting._kernel is None:
+            pytest.skip("the compiled kernel is not built here (or is switched off)")
+    else:
+        monkeypatch.setattr(_counting, "_kernel", None)
+    return str(request.param)

@@ -6,6 +6,8 @@ counted only when EXPORT_COUNTER_HUGE_TESTS=1 is set, as benchmarks/asan.sh does
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 import threading
@@ -16,6 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from export_client import _counting
+from export_client._counting import CsvLayout, count_block, count_block_pure
+
+from .test_counting import as_tuple, bodies, count, oracle
 
 kernel = pytest.importorskip("export_client._kernel")
 
@@ -288,7 +295,9 @@ def test_keyword_arguments() -> None:
     ("args", "error"),
     [
         ((bytearray(b"a,b\n"), 2, 0, 1, 5), TypeError),
-        ((memoryview(b"a,b\n"), 2, 0, 1, 5), TypeError),
+        ((memoryview(bytearray(b"a,b\n")), 2, 0, 1, 5), TypeError),  # mutable underneath
+        ((memoryview(b"a,b\n,c\n")[::2], 2, 0, 1, 5), BufferError),  # not contiguous
+        ((memoryview(b"a,b\nc,d\n").cast("H"), 2, 0, 1, 5), TypeError),
         (("a,b\n", 2, 0, 1, 5), TypeError),
         ((None, 2, 0, 1, 5), TypeError),
         ((b"a,b\n", 2.0, 0, 1, 5), TypeError),
@@ -501,3 +510,61 @@ def test_matches_the_reference_on_any_bytes(
     ncols, (pidx, eidx) = layout
     check(block, ncols, pidx, eidx, limit)
     check(block.replace(b'"', b"").replace(b"\r", b"\n"), ncols, pidx, eidx, limit)
+
+
+# The kernel inside the counting core: against the pure core and csv, on whole bodies.
+
+in_use = pytest.mark.skipif(
+    _counting._kernel is None, reason=f"{_counting.PURE_PYTHON_ENV} switches the kernel off"
+)
+
+
+@in_use
+@settings(max_examples=300, deadline=None)
+@given(body=bodies(), points=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_both_cores_and_csv_agree_on_any_body_split_anywhere(
+    body: bytes, points: list[int]
+) -> None:
+    bounds = [0, *sorted(p for p in points if p <= len(body)), len(body)]
+    chunks = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    compiled = count(chunks)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_counting, "_kernel", None)
+        pure = count(chunks)
+    assert compiled == pure
+    assert as_tuple(compiled) == oracle(body)
+
+
+@in_use
+@settings(max_examples=500, deadline=None)
+@given(block=blocks(), layout=LAYOUTS)
+def test_count_block_with_the_kernel_equals_the_pure_core(
+    block: bytes, layout: tuple[int, list[int]]
+) -> None:
+    ncols, (pidx, eidx) = layout
+    csv_layout = CsvLayout(ncols, pidx, eidx)
+    assert count_block(block, csv_layout) == count_block_pure(block, csv_layout)
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks(), st.integers(0, 300), st.integers(0, 300))
+def test_a_memoryview_of_bytes_counts_as_its_slice(block: bytes, start: int, stop: int) -> None:
+    view = memoryview(block)[start:stop]
+    assert kernel.count_lines(view, 4, 0, 2, 5) == kernel.count_lines(block[start:stop], 4, 0, 2, 5)
+
+
+def test_a_released_memoryview_is_refused() -> None:
+    view = memoryview(b"P1,t,a,1\n")
+    view.release()
+    with pytest.raises(ValueError, match="released"):
+        kernel.count_lines(view, 4, 0, 2, 5)
+
+
+def test_a_memoryview_cannot_be_released_while_it_is_counted() -> None:
+    block = memoryview(b"P1,t,a,1\n" * 2_000_000)
+    with ThreadPoolExecutor(1) as pool:
+        counting = pool.submit(kernel.count_lines, block, 4, 0, 2, 5)
+        # While the kernel holds it, the view refuses to be released (BufferError).
+        with contextlib.suppress(BufferError):
+            block.release()
+        assert counting.result()[1] == 2_000_000

@@ -54,7 +54,7 @@ def record_ends(body: bytes) -> list[int]:
 def run(chunks: Sequence[bytes], *, max_line_bytes: int = 1 << 20) -> list[bytes]:
     """Feed the chunks; return every feed output, then the finish output."""
     splitter = LineSplitter(max_line_bytes=max_line_bytes)
-    outputs = [splitter.feed(chunk) for chunk in chunks]
+    outputs = [b"".join(splitter.feed(chunk)) for chunk in chunks]
     outputs.append(splitter.finish())
     return outputs
 
@@ -168,7 +168,7 @@ def test_line_at_limit_is_accepted() -> None:
 def test_long_line_in_many_small_chunks_raises() -> None:
     splitter = LineSplitter(max_line_bytes=100)
     for _ in range(100):
-        assert splitter.feed(b"x") == b""
+        assert splitter.feed(b"x") == []
     with pytest.raises(CsvFormatError, match="longer than the limit of 100 bytes"):
         splitter.feed(b"x")
 
@@ -197,7 +197,7 @@ def test_long_quoted_record_raises() -> None:
     splitter = LineSplitter(max_line_bytes=100)
     splitter.feed(b'a,"')
     for _ in range(48):
-        assert splitter.feed(b"x\n") == b""
+        assert splitter.feed(b"x\n") == []
     with pytest.raises(CsvFormatError):
         splitter.feed(b"x\n")
 
@@ -205,3 +205,20 @@ def test_long_quoted_record_raises() -> None:
 def test_invalid_limit() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         LineSplitter(max_line_bytes=0)
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_chunk_s_complete_records_are_not_copied(quoted: bool) -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"a,b\nc,") == [memoryview(b"a,b\nc,")[:4]]
+    rows = b'd\n"e",f\ng,h\n' if quoted else b"d\ne,f\ng,h\n"
+    chunk = rows + b"i,"
+    carried, bulk = splitter.feed(chunk)
+    assert carried == b"c,d\n"
+    assert isinstance(bulk, memoryview)
+    assert bulk.obj is chunk
+    assert bytes(bulk) == rows[2:]
+    whole = b"j\nk,l\n"
+    carried, rest = splitter.feed(whole)
+    assert (carried, bytes(rest)) == (b"i,j\n", b"k,l\n")
+    assert splitter.feed(b"m,n\n")[0] == b"m,n\n"
