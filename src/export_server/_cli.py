@@ -14,7 +14,7 @@ import typer
 from ._app import create_app
 from ._exceptions import ExportServerError
 from ._faults import FaultConfig
-from ._server import serve
+from ._server import DEFAULT_BACKLOG, serve
 
 __all__ = ["app", "main"]
 
@@ -33,6 +33,14 @@ def run(
         str, typer.Option(help="Interface to listen on; loopback by default (patient data).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    backlog: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Listen backlog: connections waiting to be accepted (capped by the kernel at"
+            " net.core.somaxconn).",
+        ),
+    ] = DEFAULT_BACKLOG,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -96,6 +104,7 @@ def run(
             _serve_until_signal(
                 host=host,
                 port=port,
+                backlog=backlog,
                 workers=workers,
                 cache_dir=cache_dir,
                 faults=faults,
@@ -111,6 +120,7 @@ async def _serve_until_signal(
     *,
     host: str,
     port: int,
+    backlog: int,
     workers: int | None,
     cache_dir: Path | None,
     faults: FaultConfig,
@@ -131,6 +141,7 @@ async def _serve_until_signal(
         stop=stop,
         on_listening=announce,
         access_log=verbose,
+        backlog=backlog,
     )
 
 

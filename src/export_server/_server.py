@@ -10,19 +10,23 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from ._app import create_app
-from ._catalog import Catalog
+from ._catalog import REFERENCE_CATALOG, Catalog
 from ._exceptions import ListenError, PortInUseError
 from ._faults import FaultConfig
 
-__all__ = ["running_server", "serve"]
+__all__ = ["DEFAULT_BACKLOG", "running_server", "serve"]
 
 # Streams still running at shutdown are cut after this long instead of delaying the stop.
 _SHUTDOWN_TIMEOUT = 1.0
-_BACKLOG = 128
+# Connections the kernel completes before the server accepts them: 500 clients connecting at
+# once overflowed 128, and each overflow cost its client a 1 s SYN retry. The kernel caps it at
+# net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
 
 
 def _url(host: str, port: int) -> str:
@@ -37,26 +41,29 @@ async def serve(
     stop: asyncio.Event,
     on_listening: Callable[[str], None],
     access_log: bool = False,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> None:
     """Serve `app` until `stop` is set, calling `on_listening` with the base URL once bound.
 
-    The address is bound before the app starts (and its workers with it). Raises ListenError
+    `backlog` is the listen backlog, capped by the kernel at net.core.somaxconn. The address is
+    bound before the app starts (and its workers with it). Raises ListenError
     (PortInUseError if the address is taken) if the server cannot listen there, and what the
     app's startup raises (CacheDirectoryError, WorkerError). Everything the app started is
     stopped before this returns, however it returns.
     """
-    sockets = await _bind(host, port)
+    if backlog < 1:
+        raise ValueError(f"backlog must be at least 1, got {backlog}.")
+    sockets = await _bind(host, port, backlog)
+    # aiohttp's default access logger, unless it is turned off with None.
+    quiet: dict[str, Any] = {} if access_log else {"access_log": None}
     try:
         runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT,
-            **({} if access_log else {"access_log": None}),
+            app, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT, **quiet
         )
         try:
             await runner.setup()
             for sock in sockets:
-                await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+                await web.SockSite(runner, sock, backlog=backlog).start()
             on_listening(_url(host, sockets[0].getsockname()[1]))
             await stop.wait()
         finally:
@@ -67,7 +74,7 @@ async def serve(
             sock.close()
 
 
-async def _bind(host: str, port: int) -> list[socket.socket]:
+async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Listening sockets on every address of `host`; raises ListenError.
 
     Connections wait in the backlog until the app has started and its sites accept them.
@@ -90,7 +97,7 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
             sock.bind(address)
             # Listen at once: a bound socket that does not listen yet does not keep another
             # server (with SO_REUSEADDR) from binding the same port meanwhile.
-            sock.listen(_BACKLOG)
+            sock.listen(backlog)
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -118,6 +125,7 @@ def running_server(
     workers: int | None = None,
     cache_dir: Path | None = None,
     faults: FaultConfig | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> Iterator[str]:
     """Run an export server in a background thread and yield its base URL.
 
@@ -125,14 +133,19 @@ def running_server(
     fixtures); from a coroutine it would block the caller's loop while the server starts and
     stops. Pass an `app` from `create_app`, or the
     `create_app` options (`catalog`, `workers`, `cache_dir`, `faults`) to build one. `port=0`
-    picks a free port. On exit the server and its workers are stopped.
+    picks a free port; `backlog` is the listen backlog. On exit the server and its workers are
+    stopped.
 
         with running_server(workers=1) as url:
             urllib.request.urlopen(f"{url}/api/export")
     """
     if app is None:
-        options = {"workers": workers, "cache_dir": cache_dir, "faults": faults}
-        app = create_app(catalog, **options) if catalog is not None else create_app(**options)
+        app = create_app(
+            REFERENCE_CATALOG if catalog is None else catalog,
+            workers=workers,
+            cache_dir=cache_dir,
+            faults=faults,
+        )
     elif catalog is not None or workers is not None or cache_dir is not None or faults is not None:
         raise TypeError("Pass either an app or the options to build one, not both.")
     started: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -143,7 +156,14 @@ def running_server(
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(
-                serve(app, host=host, port=port, stop=stop, on_listening=started.set_result)
+                serve(
+                    app,
+                    host=host,
+                    port=port,
+                    stop=stop,
+                    on_listening=started.set_result,
+                    backlog=backlog,
+                )
             )
         except BaseException as exc:
             if not started.done():

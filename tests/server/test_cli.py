@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from export_server import REFERENCE_CATALOG
 from export_server._cli import app
 
+from .sockets import listen_backlogs, somaxconn
+
 LISTENING = re.compile(r"^export server listening on (http://127\.0\.0\.1:(\d+))\n$")
 
 
@@ -147,6 +149,14 @@ def test_a_ctrl_c_while_the_workers_start_stops_quietly() -> None:
     assert "KeyboardInterrupt" not in output, output
 
 
+@pytest.mark.parametrize(("args", "backlog"), [((), 1024), (("--backlog", "300"), 300)])
+def test_the_listen_backlog(args: tuple[str, ...], backlog: int) -> None:
+    with server_process("--port", "0", "--workers", "1", *args) as process:
+        match = LISTENING.match(read_line(process))
+        assert match, "unexpected first line"
+        assert listen_backlogs(int(match.group(2))) == [min(backlog, somaxconn())]
+
+
 def test_an_address_of_another_machine_is_one_clear_line() -> None:
     # 192.0.2.1 is TEST-NET-1: never an address of this machine.
     with server_process("--host", "192.0.2.1", "--port", "0", "--workers", "1") as process:
@@ -198,6 +208,7 @@ def test_help_documents_every_option() -> None:
     for option in (
         "--host",
         "--port",
+        "--backlog",
         "--workers",
         "--cache-dir",
         "--fail-rate",
@@ -221,6 +232,7 @@ def test_help_documents_every_option() -> None:
         ["--workers", "0"],
         ["--port", "70000"],
         ["--latency", "-1"],
+        ["--backlog", "0"],
     ],
 )
 def test_invalid_values_are_usage_errors(args: list[str]) -> None:
