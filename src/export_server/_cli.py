@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ._app import create_app
+from ._app import DEFAULT_WRITE_TIMEOUT, create_app
 from ._exceptions import ExportServerError
 from ._faults import FaultConfig
 from ._server import DEFAULT_BACKLOG, serve
@@ -19,6 +19,12 @@ from ._server import DEFAULT_BACKLOG, serve
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False)
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter("must be more than 0.")
+    return value
 
 
 def _rate(value: float) -> float:
@@ -68,6 +74,17 @@ def run(
     latency: Annotated[
         float, typer.Option(min=0.0, help="Seconds to wait before every response.")
     ] = 0.0,
+    write_timeout: Annotated[
+        float,
+        typer.Option(
+            callback=_positive,
+            metavar="SECONDS",
+            help=(
+                "Cut off a client that leaves the next piece of a body (at most 4 MiB) untaken"
+                " this long; its generation job and cache file are dropped."
+            ),
+        ),
+    ] = DEFAULT_WRITE_TIMEOUT,
     chaos_seed: Annotated[
         int, typer.Option(help="Seed of the fault injection, to replay a faulty run exactly.")
     ] = 0,
@@ -108,6 +125,7 @@ def run(
                 workers=workers,
                 cache_dir=cache_dir,
                 faults=faults,
+                write_timeout=write_timeout,
                 verbose=verbose,
             )
         )
@@ -124,6 +142,7 @@ async def _serve_until_signal(
     workers: int | None,
     cache_dir: Path | None,
     faults: FaultConfig,
+    write_timeout: float,
     verbose: bool,
 ) -> None:
     stop = asyncio.Event()
@@ -135,7 +154,9 @@ async def _serve_until_signal(
         print(f"export server listening on {url}", file=sys.stderr, flush=True)
 
     await serve(
-        create_app(workers=workers, cache_dir=cache_dir, faults=faults),
+        create_app(
+            workers=workers, cache_dir=cache_dir, faults=faults, write_timeout=write_timeout
+        ),
         host=host,
         port=port,
         stop=stop,

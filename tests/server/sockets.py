@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
@@ -59,3 +62,73 @@ def listen_backlogs(port: int) -> list[int]:
                 if source_port == port:
                     found.append(fields[-1])
                 offset += (length + 3) & ~3
+
+
+# A small receive buffer (the kernel doubles it) caps the client's window, so the server's side
+# fills up after a few hundred KiB instead of after the many MiB that autotuning allows.
+_CLIENT_RECEIVE_BUFFER = 1 << 16
+
+
+def open_request(url: str) -> socket.socket:
+    """A connection that has sent `GET url` (and `Connection: close`) and read nothing yet."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _CLIENT_RECEIVE_BUFFER)
+    sock.connect((parts.hostname, parts.port))
+    request = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+    sock.sendall(request.encode())
+    return sock
+
+
+def seconds_until_closed(sock: socket.socket, timeout: float) -> float | None:
+    """How long until the peer closes or resets `sock`, reading nothing; None if it does not.
+
+    Unread data keeps a socket readable, so only a hang-up, a reset or the peer's FIN count.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    started = time.monotonic()
+    if not poller.poll(timeout * 1000):
+        return None
+    return time.monotonic() - started
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes."""
+    return read_at(sock, float("inf"), size=1 << 20)
+
+
+def read_at(sock: socket.socket, rate: float, *, size: int = 1 << 14) -> bytes:
+    """Read until the peer closes, `rate` bytes per second on average, `size` at most at once.
+
+    Paced by the clock rather than by fixed pauses, so a late wake-up is made up for, and the
+    rate holds on a busy machine too.
+    """
+    received = bytearray()
+    started = time.monotonic()
+    while True:
+        delay = started + len(received) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        data = sock.recv(size)
+        if not data:
+            return bytes(received)
+        received += data
+
+
+def chunked_body(response: bytes) -> bytes:
+    """The body of a complete chunked HTTP response."""
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head, head
+    body = bytearray()
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert rest == b"\r\n", "no proper last chunk"
+            return bytes(body)
+        body += rest[:size]
+        assert rest[size : size + 2] == b"\r\n", "a chunk shorter than announced"
+        rest = rest[size + 2 :]

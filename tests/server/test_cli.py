@@ -214,6 +214,7 @@ def test_help_documents_every_option() -> None:
         "--fail-rate",
         "--error-rate",
         "--latency",
+        "--write-timeout",
         "--chaos-seed",
         "--retry-after",
         "--verbose",
@@ -233,6 +234,7 @@ def test_help_documents_every_option() -> None:
         ["--port", "70000"],
         ["--latency", "-1"],
         ["--backlog", "0"],
+        ["--write-timeout", "0"],
     ],
 )
 def test_invalid_values_are_usage_errors(args: list[str]) -> None:
