@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,6 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +53,8 @@ from xml.sax.saxutils import escape
 
 from rich.console import Console
 from rich.table import Table
+
+from export_server import ServerProcess, ServerStartError, start_server_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -416,58 +416,25 @@ class Bench:
         )
 
 
-@dataclass
-class Server:
-    """A running server process and its base URL."""
-
-    process: subprocess.Popen[str]
-    url: str
-
-
 @contextlib.contextmanager
-def running_server(workers: int, cache_dir: Path | None) -> Iterator[Server]:
-    """Starts the project's server on a free loopback port; stops it with SIGTERM on exit."""
-    command = [sys.executable, "-m", "export_server", "--port", "0", "--workers", str(workers)]
-    if cache_dir is not None:
-        command += ["--cache-dir", str(cache_dir)]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
-        env=CHILD_ENV,
-    )
-    lines: deque[str] = deque(maxlen=50)
-    announced = threading.Event()
-    url: list[str] = []
+def running_server(workers: int, cache_dir: Path | None) -> Iterator[ServerProcess]:
+    """Starts the project's server on a free loopback port; stops it with SIGTERM on exit.
 
-    def drain() -> None:
-        # Keep reading after the announcement so a chatty server never blocks on a full pipe.
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            found = re.search(r"listening on (http://\S+)", line)
-            if found and not url:
-                url.append(found[1])
-                announced.set()
-        announced.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    The server's pid, for its CPU, is `.process.pid`. Should this script die, the server goes
+    with it (see `export_server.start_server_process`).
+    """
     try:
-        if not announced.wait(SERVER_START_SECONDS) or not url:
-            raise BenchmarkError(f"the server did not start: {''.join(lines).strip()}")
-        yield Server(process, url[0])
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        reader.join(timeout=5)
+        server = start_server_process(
+            workers=workers,
+            cache_dir=cache_dir,
+            env=CHILD_ENV,
+            cwd=ROOT,
+            ready_timeout=SERVER_START_SECONDS,
+        )
+    except ServerStartError as error:
+        raise BenchmarkError(str(error)) from None
+    with server:
+        yield server
 
 
 def warm_cache(bench: Bench, url: str, cache_dir: Path, workers: int) -> None:

@@ -10,7 +10,8 @@ Three measurements, each `--repeats` times, reported as median (min..max):
    (written below with `random.Random`, `datetime + timedelta` and `isoformat()`, the reference
    server's way) over the same rows; rows/s of both and their ratio. Both must give the same
    bytes, or the benchmark stops.
-2. Over HTTP: a server (`python -m export_server --port 0 --workers N`) streams whole downloads
+2. Over HTTP: a server (`python -m export_server --workers N` on a free loopback port, started
+   with `export_server.start_server_process`) streams whole downloads
    of `small`, download 0 alone (1 stream) alternating with downloads 0 and 1 at once
    (2 streams); rows/s of each and the ratio 2-stream/1-stream. Download 1 has more rows than
    download 0, so the 2-stream run ends on one stream alone: the ideal ratio, with perfect
@@ -58,7 +59,6 @@ from typing import Any
 import aiohttp
 from concurrency import (
     BenchmarkError,
-    Server,
     Spread,
     running_server,
 )
@@ -66,7 +66,7 @@ from concurrency import machine as shared_machine
 from rich.console import Console
 from rich.table import Table
 
-from export_server import CSV_HEADER, REFERENCE_CATALOG, DownloadSpec, generate_body
+from export_server import CSV_HEADER, REFERENCE_CATALOG, DownloadSpec, ServerProcess, generate_body
 from export_server._generate import EVENT_VALUE_PARAMS
 
 HERE = Path(__file__).resolve().parent
@@ -274,7 +274,11 @@ async def _read_all(urls: list[str]) -> tuple[float, list[tuple[int, int, float]
 
 
 def fetch_streams(
-    server: Server, case: str, repeat: int, downloads: Sequence[DownloadSpec], sizes: list[int]
+    server: ServerProcess,
+    case: str,
+    repeat: int,
+    downloads: Sequence[DownloadSpec],
+    sizes: list[int],
 ) -> StreamRun:
     """Fetch whole downloads at once with aiohttp, dropping the bytes; each must be whole."""
     server_cpu = _tree_cpu_seconds(server.process.pid)

@@ -17,13 +17,16 @@ if TYPE_CHECKING:
     from ._exceptions import (
         CacheDirectoryError,
         ExportServerError,
+        InheritedSocketError,
         ListenError,
         PortInUseError,
+        ServerStartError,
         WorkerCrashedError,
         WorkerError,
     )
     from ._faults import FaultConfig
     from ._generate import CSV_HEADER, generate_body
+    from ._process import ServerProcess, start_server_process
     from ._server import running_server, serve
     from ._workers import WorkerPool
 
@@ -35,13 +38,16 @@ _MODULES = {
     "_exceptions": (
         "CacheDirectoryError",
         "ExportServerError",
+        "InheritedSocketError",
         "ListenError",
         "PortInUseError",
+        "ServerStartError",
         "WorkerCrashedError",
         "WorkerError",
     ),
     "_faults": ("FaultConfig",),
     "_generate": ("CSV_HEADER", "generate_body"),
+    "_process": ("ServerProcess", "start_server_process"),
     "_server": ("running_server", "serve"),
     "_workers": ("WorkerPool",),
 }
@@ -56,8 +62,11 @@ __all__ = [
     "ExportServerError",
     "ExportSpec",
     "FaultConfig",
+    "InheritedSocketError",
     "ListenError",
     "PortInUseError",
+    "ServerProcess",
+    "ServerStartError",
     "WorkerCrashedError",
     "WorkerError",
     "WorkerPool",
@@ -66,6 +75,7 @@ __all__ = [
     "generate_body",
     "running_server",
     "serve",
+    "start_server_process",
 ]
 
 

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ._app import create_app
+# Typer vendors Click (as typer._click) and does not re-export where a value came from.
+from typer._click.core import ParameterSource
+
+from ._app import DEFAULT_WRITE_TIMEOUT, create_app
 from ._exceptions import ExportServerError
 from ._faults import FaultConfig
-from ._server import serve
+from ._process import READY
+from ._server import DEFAULT_BACKLOG, control_socket, listening_socket, serve
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False)
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter("must be more than 0.")
+    return value
 
 
 def _rate(value: float) -> float:
@@ -29,10 +41,43 @@ def _rate(value: float) -> float:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     host: Annotated[
         str, typer.Option(help="Interface to listen on; loopback by default (patient data).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    fd: Annotated[
+        int | None,
+        typer.Option(
+            "--fd",
+            min=0,
+            metavar="N",
+            help=(
+                "Serve on the bound, listening TCP socket inherited as file descriptor N,"
+                " instead of --host and --port (for supervisors, and the client's --mock)."
+            ),
+        ),
+    ] = None,
+    control_fd: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help=(
+                "Talk to a supervisor (or the client's --mock) on the socket inherited as file"
+                " descriptor N: 'ready URL' is written on it once the server accepts requests,"
+                " and the server stops when it reads end-of-file there, as when its parent died."
+            ),
+        ),
+    ] = None,
+    backlog: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Listen backlog: connections waiting to be accepted (capped by the kernel at"
+            " net.core.somaxconn).",
+        ),
+    ] = DEFAULT_BACKLOG,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -60,6 +105,17 @@ def run(
     latency: Annotated[
         float, typer.Option(min=0.0, help="Seconds to wait before every response.")
     ] = 0.0,
+    write_timeout: Annotated[
+        float,
+        typer.Option(
+            callback=_positive,
+            metavar="SECONDS",
+            help=(
+                "Cut off a client that leaves the next piece of a body (at most 4 MiB) untaken"
+                " this long; its generation job and cache file are dropped."
+            ),
+        ),
+    ] = DEFAULT_WRITE_TIMEOUT,
     chaos_seed: Annotated[
         int, typer.Option(help="Seed of the fault injection, to replay a faulty run exactly.")
     ] = 0,
@@ -80,6 +136,16 @@ def run(
 
         server --fail-rate 0.2 --error-rate 0.1 --latency 0.05 --chaos-seed 7
     """
+    if fd is not None:
+        given = [
+            f"--{name}"
+            for name in ("host", "port")
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+        ]
+        if given:
+            raise typer.BadParameter(
+                f"cannot be combined with {' or '.join(given)}.", param_hint="'--fd'"
+            )
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -92,13 +158,20 @@ def run(
         retry_after=retry_after,
     )
     try:
+        # Both checked before anything starts, so that a wrong one is one line and no workers.
+        sock = listening_socket(fd) if fd is not None else None
+        control = control_socket(control_fd) if control_fd is not None else None
         asyncio.run(
             _serve_until_signal(
-                host=host,
-                port=port,
+                host=None if sock is not None else host,
+                port=None if sock is not None else port,
+                sock=sock,
+                control=control,
+                backlog=backlog,
                 workers=workers,
                 cache_dir=cache_dir,
                 faults=faults,
+                write_timeout=write_timeout,
                 verbose=verbose,
             )
         )
@@ -109,29 +182,63 @@ def run(
 
 async def _serve_until_signal(
     *,
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
+    sock: socket.socket | None,
+    control: socket.socket | None,
+    backlog: int,
     workers: int | None,
     cache_dir: Path | None,
     faults: FaultConfig,
+    write_timeout: float,
     verbose: bool,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    parent: asyncio.StreamWriter | None = None
+    watch: asyncio.Task[None] | None = None
+    if control is not None:
+        reader, parent = await asyncio.open_connection(sock=control)
+        watch = asyncio.create_task(_stop_at_end_of_file(reader, stop))
 
     def announce(url: str) -> None:
         print(f"export server listening on {url}", file=sys.stderr, flush=True)
+        if parent is not None:
+            parent.write(f"{READY} {url}\n".encode())
 
-    await serve(
-        create_app(workers=workers, cache_dir=cache_dir, faults=faults),
-        host=host,
-        port=port,
-        stop=stop,
-        on_listening=announce,
-        access_log=verbose,
-    )
+    try:
+        await serve(
+            create_app(
+                workers=workers, cache_dir=cache_dir, faults=faults, write_timeout=write_timeout
+            ),
+            host=host,
+            port=port,
+            sock=sock,
+            stop=stop,
+            on_listening=announce,
+            access_log=verbose,
+            backlog=backlog,
+        )
+    finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        if parent is not None:
+            parent.close()
+            with contextlib.suppress(ConnectionError):
+                await parent.wait_closed()
+
+
+async def _stop_at_end_of_file(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+    """Set `stop` once the parent's end of the control socket is closed, or the parent died."""
+    # The parent has nothing to say: whatever it sends is read and dropped.
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(1 << 12):
+            pass
+    stop.set()
 
 
 def main() -> None:

@@ -4,21 +4,26 @@ The hierarchy:
 
     ExportServerError
     ├── CacheDirectoryError
+    ├── InheritedSocketError
     ├── ListenError
     │   └── PortInUseError
+    ├── ServerStartError
     └── WorkerError
         └── WorkerCrashedError
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
     "CacheDirectoryError",
     "ExportServerError",
+    "InheritedSocketError",
     "ListenError",
     "PortInUseError",
+    "ServerStartError",
     "WorkerCrashedError",
     "WorkerError",
 ]
@@ -36,6 +41,14 @@ class CacheDirectoryError(ExportServerError):
         self.directory = directory
 
 
+class InheritedSocketError(ExportServerError):
+    """A file descriptor given to the server (`--fd`, `--control-fd`) is not a usable socket."""
+
+    def __init__(self, fd: int, role: str, reason: str) -> None:
+        super().__init__(f"Cannot use file descriptor {fd} as {role}: {reason}.")
+        self.fd = fd
+
+
 class ListenError(ExportServerError):
     """The server cannot listen on the address it was given."""
 
@@ -50,6 +63,26 @@ class PortInUseError(ListenError):
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port, "the address is already in use")
+
+
+class ServerStartError(ExportServerError):
+    """A server process did not become ready: it exited first, or took too long.
+
+    `log` holds the last lines it wrote on stderr; the message ends with the last one that says
+    something.
+    """
+
+    def __init__(self, reason: str, log: Sequence[str]) -> None:
+        self.log = list(log)
+        last = next(filter(None, map(_words, reversed(self.log))), None)
+        detail = f": {last}" if last is not None else "."
+        super().__init__(f"The export server did not start ({reason}){detail}")
+
+
+def _words(line: str) -> str:
+    """A line of stderr without the frame of a usage error box; empty if it says nothing."""
+    text = line.strip().strip("│╭╮╰╯─").strip()
+    return text if any(character.isalnum() for character in text) else ""
 
 
 class WorkerError(ExportServerError):

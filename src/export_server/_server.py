@@ -10,19 +10,23 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from ._app import create_app
-from ._catalog import Catalog
-from ._exceptions import ListenError, PortInUseError
+from ._catalog import REFERENCE_CATALOG, Catalog
+from ._exceptions import InheritedSocketError, ListenError, PortInUseError
 from ._faults import FaultConfig
 
-__all__ = ["running_server", "serve"]
+__all__ = ["DEFAULT_BACKLOG", "control_socket", "listening_socket", "running_server", "serve"]
 
 # Streams still running at shutdown are cut after this long instead of delaying the stop.
 _SHUTDOWN_TIMEOUT = 1.0
-_BACKLOG = 128
+# Connections the kernel completes before the server accepts them: 500 clients connecting at
+# once overflowed 128, and each overflow cost its client a 1 s SYN retry. The kernel caps it at
+# net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
 
 
 def _url(host: str, port: int) -> str:
@@ -32,42 +36,96 @@ def _url(host: str, port: int) -> str:
 async def serve(
     app: web.Application,
     *,
-    host: str,
-    port: int,
     stop: asyncio.Event,
     on_listening: Callable[[str], None],
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
     access_log: bool = False,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> None:
     """Serve `app` until `stop` is set, calling `on_listening` with the base URL once bound.
 
-    The address is bound before the app starts (and its workers with it). Raises ListenError
+    It listens on `host` and `port` (default 127.0.0.1 and a free port), or on `sock`, a bound
+    and listening TCP socket (a supervisor's, see `listening_socket`), which it then owns and
+    closes. `backlog` is the listen backlog, capped by the kernel at net.core.somaxconn. The
+    address is bound before the app starts (and its workers with it). Raises ListenError
     (PortInUseError if the address is taken) if the server cannot listen there, and what the
     app's startup raises (CacheDirectoryError, WorkerError). Everything the app started is
     stopped before this returns, however it returns.
     """
-    sockets = await _bind(host, port)
+    if backlog < 1:
+        raise ValueError(f"backlog must be at least 1, got {backlog}.")
+    if sock is not None and (host is not None or port is not None):
+        raise TypeError("Pass either a socket or a host and port to listen on, not both.")
+    if sock is not None:
+        sockets = [sock]
+        host, port = sock.getsockname()[:2]
+    else:
+        host = "127.0.0.1" if host is None else host
+        sockets = await _bind(host, 0 if port is None else port, backlog)
+    # aiohttp's default access logger, unless it is turned off with None.
+    quiet: dict[str, Any] = {} if access_log else {"access_log": None}
     try:
         runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT,
-            **({} if access_log else {"access_log": None}),
+            app, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT, **quiet
         )
         try:
             await runner.setup()
-            for sock in sockets:
-                await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            for listening in sockets:
+                await web.SockSite(runner, listening, backlog=backlog).start()
             on_listening(_url(host, sockets[0].getsockname()[1]))
             await stop.wait()
         finally:
             # Also after a failed setup: it stops whatever part of the app had started.
             await runner.cleanup()
     finally:
-        for sock in sockets:
-            sock.close()
+        for listening in sockets:
+            listening.close()
 
 
-async def _bind(host: str, port: int) -> list[socket.socket]:
+def listening_socket(fd: int) -> socket.socket:
+    """The bound and listening TCP socket inherited as file descriptor `fd`.
+
+    Raises InheritedSocketError if `fd` is not one.
+    """
+    role = "the listening socket"
+    sock = _inherited(fd, role)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        sock.close()
+        raise InheritedSocketError(fd, role, "it is not a TCP socket")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.close()
+        raise InheritedSocketError(fd, role, "it is not listening")
+    return sock
+
+
+def control_socket(fd: int) -> socket.socket:
+    """The stream socket inherited as file descriptor `fd` to talk to the parent on.
+
+    Raises InheritedSocketError if `fd` is not one.
+    """
+    role = "the control socket"
+    sock = _inherited(fd, role)
+    if sock.type != socket.SOCK_STREAM:
+        sock.close()
+        raise InheritedSocketError(fd, role, "it is not a stream socket")
+    return sock
+
+
+def _inherited(fd: int, role: str) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        reasons = {errno.EBADF: "it is not open", errno.ENOTSOCK: "it is not a socket"}
+        reason = reasons.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+        raise InheritedSocketError(fd, role, reason) from None
+    # Ours alone: processes this one starts (the workers) must not keep it open.
+    sock.set_inheritable(False)
+    return sock
+
+
+async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Listening sockets on every address of `host`; raises ListenError.
 
     Connections wait in the backlog until the app has started and its sites accept them.
@@ -90,7 +148,7 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
             sock.bind(address)
             # Listen at once: a bound socket that does not listen yet does not keep another
             # server (with SO_REUSEADDR) from binding the same port meanwhile.
-            sock.listen(_BACKLOG)
+            sock.listen(backlog)
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -118,6 +176,7 @@ def running_server(
     workers: int | None = None,
     cache_dir: Path | None = None,
     faults: FaultConfig | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> Iterator[str]:
     """Run an export server in a background thread and yield its base URL.
 
@@ -125,14 +184,19 @@ def running_server(
     fixtures); from a coroutine it would block the caller's loop while the server starts and
     stops. Pass an `app` from `create_app`, or the
     `create_app` options (`catalog`, `workers`, `cache_dir`, `faults`) to build one. `port=0`
-    picks a free port. On exit the server and its workers are stopped.
+    picks a free port; `backlog` is the listen backlog. On exit the server and its workers are
+    stopped.
 
         with running_server(workers=1) as url:
             urllib.request.urlopen(f"{url}/api/export")
     """
     if app is None:
-        options = {"workers": workers, "cache_dir": cache_dir, "faults": faults}
-        app = create_app(catalog, **options) if catalog is not None else create_app(**options)
+        app = create_app(
+            REFERENCE_CATALOG if catalog is None else catalog,
+            workers=workers,
+            cache_dir=cache_dir,
+            faults=faults,
+        )
     elif catalog is not None or workers is not None or cache_dir is not None or faults is not None:
         raise TypeError("Pass either an app or the options to build one, not both.")
     started: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -143,7 +207,14 @@ def running_server(
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(
-                serve(app, host=host, port=port, stop=stop, on_listening=started.set_result)
+                serve(
+                    app,
+                    host=host,
+                    port=port,
+                    stop=stop,
+                    on_listening=started.set_result,
+                    backlog=backlog,
+                )
             )
         except BaseException as exc:
             if not started.done():

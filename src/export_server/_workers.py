@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from ._catalog import DownloadSpec
@@ -234,7 +234,7 @@ class WorkerPool:
 
     async def stream(
         self, download: DownloadSpec, *, chunk_size: int = 32768
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the body of a download as a worker generates it.
 
         Raises WorkerError (or WorkerCrashedError) if the body cannot be completed. Closing the

@@ -1,3 +1,4 @@
+import contextlib
 import http.client
 import json
 import os
@@ -20,17 +21,23 @@ from typer.testing import CliRunner
 from export_server import REFERENCE_CATALOG
 from export_server._cli import app
 
+from ..processes import children, still_running
+from .sockets import listen_backlogs, somaxconn
+
 LISTENING = re.compile(r"^export server listening on (http://127\.0\.0\.1:(\d+))\n$")
 
 
 @contextmanager
-def server_process(*args: str, new_session: bool = False) -> Iterator[subprocess.Popen[str]]:
+def server_process(
+    *args: str, new_session: bool = False, pass_fds: tuple[int, ...] = ()
+) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "export_server", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=new_session,
+        pass_fds=pass_fds,
     )
     try:
         yield process
@@ -147,6 +154,14 @@ def test_a_ctrl_c_while_the_workers_start_stops_quietly() -> None:
     assert "KeyboardInterrupt" not in output, output
 
 
+@pytest.mark.parametrize(("args", "backlog"), [((), 1024), (("--backlog", "300"), 300)])
+def test_the_listen_backlog(args: tuple[str, ...], backlog: int) -> None:
+    with server_process("--port", "0", "--workers", "1", *args) as process:
+        match = LISTENING.match(read_line(process))
+        assert match, "unexpected first line"
+        assert listen_backlogs(int(match.group(2))) == [min(backlog, somaxconn())]
+
+
 def test_an_address_of_another_machine_is_one_clear_line() -> None:
     # 192.0.2.1 is TEST-NET-1: never an address of this machine.
     with server_process("--host", "192.0.2.1", "--port", "0", "--workers", "1") as process:
@@ -198,11 +213,15 @@ def test_help_documents_every_option() -> None:
     for option in (
         "--host",
         "--port",
+        "--fd",
+        "--control-fd",
+        "--backlog",
         "--workers",
         "--cache-dir",
         "--fail-rate",
         "--error-rate",
         "--latency",
+        "--write-timeout",
         "--chaos-seed",
         "--retry-after",
         "--verbose",
@@ -221,9 +240,125 @@ def test_help_documents_every_option() -> None:
         ["--workers", "0"],
         ["--port", "70000"],
         ["--latency", "-1"],
+        ["--backlog", "0"],
+        ["--write-timeout", "0"],
     ],
 )
 def test_invalid_values_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "Invalid value" in result.output
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_serves_on_an_inherited_listening_socket() -> None:
+    with _listening_socket() as sock:
+        port = sock.getsockname()[1]
+        args = ("--fd", str(sock.fileno()), "--workers", "1", "--backlog", "300")
+        with server_process(*args, pass_fds=(sock.fileno(),)) as process:
+            sock.close()  # the server's copy is the only one now
+            match = LISTENING.match(read_line(process))
+            assert match, "unexpected first line"
+            assert int(match.group(2)) == port
+            assert get_json(f"http://127.0.0.1:{port}/api/export") == {
+                "data": {"export_ids": ["demo", "small", "large"]}
+            }
+            # It listens again with its own backlog.
+            assert listen_backlogs(port) == [min(300, somaxconn())]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("other", [["--port", "8000"], ["--host", "127.0.0.1"], ["--port", "0"]])
+def test_an_inherited_socket_and_an_address_are_a_usage_error(other: list[str]) -> None:
+    result = CliRunner().invoke(app, ["--fd", "3", *other], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert f"Invalid value for '--fd': cannot be combined with {other[0]}." in result.output
+
+
+@pytest.mark.parametrize("kind", ["not listening", "not a socket", "not open", "UDP"])
+def test_an_fd_that_is_no_listening_socket_is_one_clear_line(kind: str) -> None:
+    reasons = {
+        "not listening": "it is not listening",
+        "not a socket": "it is not a socket",
+        "not open": "it is not open",
+        "UDP": "it is not a TCP socket",
+    }
+    with contextlib.ExitStack() as stack:
+        if kind == "not a socket":
+            fd = stack.enter_context(open(os.devnull, "rb")).fileno()
+        elif kind == "not open":
+            fd = 1000
+        else:
+            sock = stack.enter_context(
+                socket.socket(type=socket.SOCK_DGRAM if kind == "UDP" else socket.SOCK_STREAM)
+            )
+            sock.bind(("127.0.0.1", 0))
+            fd = sock.fileno()
+        passed = () if kind == "not open" else (fd,)
+        with server_process("--fd", str(fd), "--workers", "1", pass_fds=passed) as process:
+            assert process.wait(timeout=20) == 1
+            assert process.stderr is not None
+            output = process.stderr.read()
+    assert (
+        output
+        == f"error: Cannot use file descriptor {fd} as the listening socket: {reasons[kind]}.\n"
+    )
+
+
+def test_the_control_socket_gets_ready_and_its_end_stops_the_server() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        args = ("--port", "0", "--workers", "2", "--control-fd", str(theirs.fileno()))
+        with server_process(*args, pass_fds=(theirs.fileno(),)) as process:
+            theirs.close()
+            ours.settimeout(20)
+            ready = ours.recv(4096)
+            match = LISTENING.match(read_line(process))
+            assert match, "unexpected first line"
+            assert ready == f"ready {match.group(1)}\n".encode()
+            assert get_json(f"{match.group(1)}/api/export") == {
+                "data": {"export_ids": ["demo", "small", "large"]}
+            }
+            workers = children(process.pid)
+            assert len(workers) == 2
+            # What the kernel does when the parent dies, however it dies.
+            ours.close()
+            assert process.wait(timeout=10) == 0
+            assert process.stderr is not None
+            rest = process.stderr.read()
+    assert rest == ""
+    assert still_running(workers, timeout=5) == []
+
+
+def test_the_end_of_the_control_socket_during_start_up_stops_the_server() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        args = ("--port", "0", "--workers", "1", "--control-fd", str(theirs.fileno()))
+        with server_process(*args, pass_fds=(theirs.fileno(),)) as process:
+            theirs.close()
+            ours.close()
+            assert process.wait(timeout=20) == 0
+            assert process.stderr is not None
+            output = process.stderr.read()
+    assert "Traceback" not in output, output
+
+
+def test_a_control_fd_that_is_not_a_socket_is_one_clear_line() -> None:
+    with open(os.devnull, "rb") as file:
+        fd = file.fileno()
+        args = ("--port", "0", "--workers", "1", "--control-fd", str(fd))
+        with server_process(*args, pass_fds=(fd,)) as process:
+            assert process.wait(timeout=20) == 1
+            assert process.stderr is not None
+            output = process.stderr.read()
+    assert (
+        output
+        == f"error: Cannot use file descriptor {fd} as the control socket: it is not a socket.\n"
+    )

@@ -20,6 +20,8 @@ from export_server import (
 from export_server._app import _default_workers
 from export_server._server import _listen_error
 
+from .sockets import listen_backlogs, somaxconn
+
 
 def test_running_server_yields_a_loopback_url_and_stops(catalog: Catalog) -> None:
     app = create_app(catalog, workers=1)
@@ -122,3 +124,27 @@ def test_bind_errors_become_listen_errors(error: int, reason: str) -> None:
 
 def test_the_default_worker_count_is_the_cpus_this_process_may_use() -> None:
     assert _default_workers() == len(os.sched_getaffinity(0))
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_the_default_listen_backlog_is_1024_or_the_kernels_cap(catalog: Catalog) -> None:
+    with running_server(catalog=catalog, workers=1) as url:
+        assert listen_backlogs(_port(url)) == [min(1024, somaxconn())]
+
+
+def test_running_server_takes_a_listen_backlog(catalog: Catalog) -> None:
+    with running_server(catalog=catalog, workers=1, backlog=300) as url:
+        assert listen_backlogs(_port(url)) == [min(300, somaxconn())]
+        with urllib.request.urlopen(f"{url}/api/export", timeout=10) as response:
+            assert response.status == 200
+
+
+def test_a_backlog_below_one_is_refused(catalog: Catalog) -> None:
+    with (
+        pytest.raises(ValueError, match="backlog must be at least 1, got 0"),
+        running_server(catalog=catalog, workers=1, backlog=0),
+    ):
+        pass
