@@ -20,6 +20,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def threads(pid: int) -> list[int]:
+    """The threads of `pid`, its main thread first (none once it is gone)."""
+    try:
+        return sorted(int(task.name) for task in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+
+
 def command_line(pid: int) -> list[str]:
     """The arguments `pid` runs with; empty once it is gone."""
     try:

@@ -2,7 +2,7 @@
 
 >>> from export_client import count_export
 >>> report = count_export("demo", "http://localhost:8000")  # doctest: +SKIP
->>> report.counts.totals  # doctest: +SKIP
+>>> report.totals  # doctest: +SKIP
 {'bp_dia': 9372, 'bp_sys': 9412}
 """
 
@@ -16,8 +16,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._client import DEFAULT_CONCURRENCY, DEFAULT_SERVER, ExportClient, count_export
-    from ._counting import COUNTING_CORE, BlockCount, CsvLayout, DownloadCounter, count_block
+    from ._body import BodyCount, BodyReader, count_body
+    from ._client import ExportClient, count_export
+    from ._counting import COUNTING_CORE, BlockCount, count_block
+    from ._defaults import DEFAULT_CONCURRENCY, DEFAULT_SERVER
     from ._exceptions import (
         CsvFormatError,
         DownloadError,
@@ -29,20 +31,24 @@ if TYPE_CHECKING:
         ServerUnreachableError,
         UnknownExportError,
     )
+    from ._layout import CsvLayout
     from ._lines import LineSplitter
+    from ._metadata import DownloadInfo
     from ._mock import MockServerError, mock_server
-    from ._models import DownloadInfo, DownloadReport, ExportReport
-    from ._progress import NoProgress, ProgressListener, TerminalProgress
-    from ._results import DownloadCount, ExportCount, merge_counts
-    from ._retry import RetryPolicy
+    from ._progress import NoProgress, ProgressListener, Retry
+    from ._results import DownloadResult, ExportReport
+    from ._retry import Retryable, RetryPolicy
+    from ._source import BodyStream, ExportSource, Unreachable
 
 __version__ = "0.2.0"
 
 # Imported on first use: `import export_client` stays cheap, and so does using only the
 # counting core, without aiohttp and the rest of the client.
 _MODULES = {
-    "_client": ("DEFAULT_CONCURRENCY", "DEFAULT_SERVER", "ExportClient", "count_export"),
-    "_counting": ("COUNTING_CORE", "BlockCount", "CsvLayout", "DownloadCounter", "count_block"),
+    "_body": ("BodyCount", "BodyReader", "count_body"),
+    "_client": ("ExportClient", "count_export"),
+    "_counting": ("COUNTING_CORE", "BlockCount", "count_block"),
+    "_defaults": ("DEFAULT_CONCURRENCY", "DEFAULT_SERVER"),
     "_exceptions": (
         "CsvFormatError",
         "DownloadError",
@@ -54,12 +60,14 @@ _MODULES = {
         "ServerUnreachableError",
         "UnknownExportError",
     ),
+    "_layout": ("CsvLayout",),
     "_lines": ("LineSplitter",),
+    "_metadata": ("DownloadInfo",),
     "_mock": ("MockServerError", "mock_server"),
-    "_models": ("DownloadInfo", "DownloadReport", "ExportReport"),
-    "_progress": ("NoProgress", "ProgressListener", "TerminalProgress"),
-    "_results": ("DownloadCount", "ExportCount", "merge_counts"),
-    "_retry": ("RetryPolicy",),
+    "_progress": ("NoProgress", "ProgressListener", "Retry"),
+    "_results": ("DownloadResult", "ExportReport"),
+    "_retry": ("RetryPolicy", "Retryable"),
+    "_source": ("BodyStream", "ExportSource", "Unreachable"),
 }
 _HOMES = {name: module for module, names in _MODULES.items() for name in names}
 
@@ -68,32 +76,35 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_SERVER",
     "BlockCount",
+    "BodyCount",
+    "BodyReader",
+    "BodyStream",
     "CsvFormatError",
     "CsvLayout",
-    "DownloadCount",
-    "DownloadCounter",
     "DownloadError",
     "DownloadFailedError",
     "DownloadInfo",
-    "DownloadReport",
+    "DownloadResult",
     "ExportClient",
     "ExportClientError",
-    "ExportCount",
     "ExportReport",
+    "ExportSource",
     "IncompleteDownloadError",
     "LineSplitter",
     "MalformedDownloadError",
     "MockServerError",
     "NoProgress",
     "ProgressListener",
+    "Retry",
     "RetryPolicy",
+    "Retryable",
     "ServerResponseError",
     "ServerUnreachableError",
-    "TerminalProgress",
     "UnknownExportError",
+    "Unreachable",
     "count_block",
+    "count_body",
     "count_export",
-    "merge_counts",
     "mock_server",
 ]
 

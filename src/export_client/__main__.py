@@ -1,25 +1,20 @@
 """The `cli` command: `python -m export_client` and the console script both start here.
 
-Ctrl-C and SIGTERM are handled from before the CLI's imports (typer, aiohttp, ...), which take
-a noticeable part of a second: an interrupt then ends in one `error:` line, not a traceback.
+Ctrl-C and SIGTERM are deferred from before the CLI's imports (typer, aiohttp, ...), which take
+a noticeable part of a second, until the command runs: an interrupt then ends in one `error:`
+line and its exit code, not a traceback, nor a crash inside an extension module's import.
 """
 
 from __future__ import annotations
 
-import sys
-
-from ._signals import DeferredInterrupts, handle_sigterm, signal_stop
+from ._signals import defer_interrupts
 
 
 def main() -> None:
     """Entry point of the `cli` script."""
-    with DeferredInterrupts() as deferred:
-        from ._cli import main as run_cli
-    if deferred.received:
-        message, code = signal_stop(deferred.received[0])
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(code)
-    handle_sigterm()
+    defer_interrupts()  # resumed by the command (_cli.cli), which reports what came meanwhile
+    from ._cli import main as run_cli
+
     run_cli()
 
 

@@ -18,22 +18,26 @@ from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperCommand
 
 from . import __version__
-from ._client import (
+from ._client import ExportClient
+from ._counting import COUNTING_CORE
+from ._defaults import (
+    DEFAULT_BACKOFF,
     DEFAULT_CONCURRENCY,
+    DEFAULT_RETRIES,
     DEFAULT_SERVER,
     DEFAULT_SPEED_LIMIT,
     DEFAULT_SPEED_TIME,
     DEFAULT_TIMEOUT,
-    ExportClient,
-    check_server_url,
 )
-from ._counting import COUNTING_CORE
-from ._exceptions import ExportClientError, UnknownExportError
+from ._exceptions import ExportClientError, ServerUnreachableError, UnknownExportError
+from ._http import check_server_url
 from ._mock import mock_server
-from ._models import ExportReport
 from ._output import Output, OutputError
-from ._progress import NoProgress, PlainProgress, ProgressListener, TerminalProgress
-from ._signals import stop_message
+from ._report import details, summary, warnings
+from ._results import ExportReport
+from ._retry import RetryPolicy
+from ._signals import resume_interrupts, stop_message
+from ._terminal import progress_for
 
 SERVER_ENV = "EXPORT_SERVER_URL"
 
@@ -65,6 +69,16 @@ class OneLineErrors(TyperCommand):
             typer.echo(f"error: {message}", err=True)
             sys.exit(code)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
+        # typer turns a KeyboardInterrupt in the command into a silent exit 130, and so would
+        # SIGTERM's: say what stopped the run, with its own code.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:
+            message, code = stop_message(interrupt)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code) from None
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -131,7 +145,7 @@ def cli(
         typer.Option(
             "--retries", min=0, help="Retries per request and per download after a failure."
         ),
-    ] = 3,
+    ] = DEFAULT_RETRIES,
     backoff: Annotated[
         float,
         typer.Option(
@@ -140,7 +154,7 @@ def cli(
             help="Seconds before the first retry, doubling for each next one (with jitter); "
             "a server's Retry-After takes precedence.",
         ),
-    ] = 0.5,
+    ] = DEFAULT_BACKOFF,
     timeout: Annotated[
         float,
         typer.Option(
@@ -213,6 +227,7 @@ def cli(
     The JSON goes to stdout (or --output); progress, warnings and errors go to stderr.
     Exit codes: 0 success, 1 failure, 2 usage error (an unknown export included).
     """
+    resume_interrupts()  # deferred by the entry point while the imports ran
     if export_id and export_option and export_id != export_option:
         raise typer.BadParameter(
             f"two different exports given: {export_id!r} and {export_option!r}",
@@ -226,9 +241,7 @@ def cli(
         destination = Output.at(output) if output is not None else None
     except OutputError as error:
         raise UsageError(str(error)) from None
-    progress: ProgressListener = NoProgress()
-    if not quiet:
-        progress = TerminalProgress() if sys.stderr.isatty() and not list_ else PlainProgress()
+    progress = progress_for(sys.stderr, quiet=quiet, label=chosen or "")
     if verbose:
         typer.echo(f"counting core: {COUNTING_CORE}", err=True)
     server_context: AbstractContextManager[str] = (
@@ -239,8 +252,7 @@ def cli(
             client = ExportClient(
                 url,
                 concurrency=concurrency,
-                retries=retries,
-                backoff=backoff,
+                retry=RetryPolicy(retries=retries, base_delay=backoff),
                 timeout=timeout,
                 speed_limit=speed_limit,
                 speed_time=speed_time,
@@ -255,11 +267,11 @@ def cli(
                 report = asyncio.run(_count(client, chosen))
     except UnknownExportError as error:
         _fail(error, verbose, code=2)
+    except ServerUnreachableError as error:
+        hint = "Start it with `uv run server`, point --server at it, or use --mock."
+        _fail(error, verbose, code=1, message=f"{error} {hint}")
     except ExportClientError as error:
         _fail(error, verbose, code=1)
-    except KeyboardInterrupt as interrupt:
-        message, code = stop_message(interrupt)
-        _fail(None, verbose, code=code, message=message)
     except Exception as error:
         _fail(error, verbose, code=1, bug=True)
     if list_:
@@ -289,26 +301,14 @@ async def _listing(client: ExportClient, export_id: str | None) -> bytes:
 
 def _present(report: ExportReport, *, output: Output | None, time_: bool, verbose: bool) -> None:
     # Warnings say the result is not all the data: never silenced, not even by --quiet.
-    for warning in report.warnings:
+    for warning in warnings(report):
         typer.echo(f"warning: {warning}", err=True)
     if verbose:
-        for download in report.downloads:
-            typer.echo(
-                f"{download.download_id}: {download.rows:,} rows, {download.bytes:,} bytes, "
-                f"{download.attempts} attempt(s), {download.malformed:,} malformed",
-                err=True,
-            )
-            for example in download.malformed_examples:
-                typer.echo(f"  malformed: {example!r}", err=True)
-    _emit(report.counts.to_json(), output)
+        for line in details(report):
+            typer.echo(line, err=True)
+    _emit(report.to_json(), output)
     if time_:
-        rate = report.rows / report.seconds if report.seconds > 0 else 0.0
-        typer.echo(
-            f"{report.export_id}: {report.rows:,} rows, {len(report.downloads)} downloads, "
-            f"{report.bytes / 1e6:,.1f} MB in {report.seconds:.2f} s "
-            f"({rate:,.0f} rows/s), {report.retries} retries, {report.malformed:,} malformed rows",
-            err=True,
-        )
+        typer.echo(summary(report), err=True)
 
 
 def _emit(document: bytes, output: Output | None) -> None:
@@ -330,16 +330,15 @@ def _fail(
     *,
     code: int,
     bug: bool = False,
-    message: str = "interrupted",
+    message: str | None = None,
 ) -> NoReturn:
     if verbose and error is not None:
         traceback.print_exception(error, file=sys.stderr)
-    if error is None:
-        pass
-    elif bug:
-        message = f"unexpected {type(error).__name__}: {error} (run with --verbose for details)"
-    else:
-        message = str(error)
+    if message is None:
+        if bug:
+            message = f"unexpected {type(error).__name__}: {error} (run with --verbose for details)"
+        else:
+            message = str(error)
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 

@@ -6,103 +6,92 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import aiohttp
 
+from ._defaults import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_SERVER,
+    DEFAULT_SPEED_LIMIT,
+    DEFAULT_SPEED_TIME,
+    DEFAULT_TIMEOUT,
+)
+from ._download import StreamOptions
 from ._exceptions import ServerResponseError, ServerUnreachableError, UnknownExportError
-from ._http import ConnectError, ExportAPI, TransientError
-from ._models import DownloadInfo, ExportReport
+from ._http import ExportAPI, check_server_url, make_session
+from ._metadata import DownloadInfo
 from ._orchestrator import Orchestrator, run_all
 from ._pool import CountingPool
-from ._progress import NoProgress, ProgressListener
-from ._results import merge_counts
-from ._retry import RetryPolicy
+from ._progress import NoProgress, ProgressListener, Retry
+from ._results import ExportReport
+from ._retry import GaveUp, Retryable, RetryPolicy, retrying
+from ._source import ExportSource, Unreachable
 
-DEFAULT_SERVER = "http://localhost:8000"
-DEFAULT_CONCURRENCY = 8
-DEFAULT_TIMEOUT = 60.0
-# Below 1 KiB/s for 30 s: never on a healthy stream, even from a server that generates its
-# data as it sends it (hundreds of KB/s per stream), always on one that drips.
-DEFAULT_SPEED_LIMIT = 1024.0
-DEFAULT_SPEED_TIME = 30.0
+__all__ = ["ExportClient", "count_export"]
 
 T = TypeVar("T")
-
-# Downloads named one by one in a warning; the rest are summed up.
-_LISTED_DOWNLOADS = 5
-
-
-def check_server_url(url: str) -> None:
-    """Raises ValueError unless `url` is an http:// or https:// URL with a host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
-
-
-def make_session(*, concurrency: int, timeout: float) -> aiohttp.ClientSession:
-    """The HTTP session `ExportClient` streams with (the transfer-only benchmark uses it too)."""
-    return aiohttp.ClientSession(
-        # Connect and idle-read bounds only: a healthy stream of any length
-        # must never time out, a stalled one must.
-        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
-        connector=aiohttp.TCPConnector(limit=concurrency + 4),
-        read_bufsize=1 << 17,
-    )
 
 
 class ExportClient:
     """A client for one export server.
 
-    Use it as an async context manager; it owns one HTTP session::
+    Use it as an async context manager; over HTTP it owns one session::
 
         async with ExportClient("http://localhost:8000") as client:
             report = await client.count("demo")
-        print(report.counts.to_json().decode())
+        print(report.to_json().decode())
+
+    `source` replaces HTTP with any `ExportSource` (an in-memory API in tests, say); `retry`
+    says how failed requests and downloads are retried.
     """
 
     def __init__(
         self,
         server: str = DEFAULT_SERVER,
         *,
+        source: ExportSource | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
-        retries: int = 3,
-        backoff: float = 0.5,
+        retry: RetryPolicy | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         speed_limit: float = DEFAULT_SPEED_LIMIT,
         speed_time: float = DEFAULT_SPEED_TIME,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         strict: bool = False,
         threads: int | None = None,
-        max_line_bytes: int = 1 << 20,
         progress: ProgressListener | None = None,
     ) -> None:
         check_server_url(server)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if speed_limit < 0:
+        if not 0 < timeout < float("inf"):
+            raise ValueError("timeout must be a positive number of seconds")
+        if not 0 <= speed_limit < float("inf"):
             raise ValueError("speed_limit must be 0 (no floor) or more")
-        if speed_time <= 0:
-            raise ValueError("speed_time must be positive")
+        if not 0 < speed_time < float("inf"):
+            raise ValueError("speed_time must be a positive number of seconds")
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be at least 1")
         if threads is not None and threads < 1:
             raise ValueError("threads must be at least 1")
         self.server = server.rstrip("/")
         self.concurrency = concurrency
-        self.policy = RetryPolicy(retries=retries, base_delay=backoff)
+        self.policy = retry or RetryPolicy()
         self.timeout = timeout
-        self.speed_limit = speed_limit
-        self.speed_time = speed_time
+        self.options = StreamOptions(
+            max_line_bytes=max_line_bytes, speed_limit=speed_limit, speed_time=speed_time
+        )
         self.strict = strict
         self.threads = threads
-        self.max_line_bytes = max_line_bytes
         self.progress: ProgressListener = progress or NoProgress()
+        self._source = source
         self._session: aiohttp.ClientSession | None = None
         self._discovery_retries = 0
 
     async def __aenter__(self) -> ExportClient:
-        self._session = make_session(concurrency=self.concurrency, timeout=self.timeout)
+        if self._source is None:
+            self._session = make_session(concurrency=self.concurrency, timeout=self.timeout)
         return self
 
     async def __aexit__(
@@ -116,24 +105,27 @@ class ExportClient:
             self._session = None
 
     @property
-    def api(self) -> ExportAPI:
+    def source(self) -> ExportSource:
+        """The export API this client talks to."""
+        if self._source is not None:
+            return self._source
         if self._session is None:
             raise RuntimeError("use ExportClient as an async context manager")
         return ExportAPI(self._session, self.server)
 
     async def export_ids(self) -> list[str]:
         """The ids of the exports the server offers."""
-        return await self._retrying(self.api.export_ids, what="the export list")
+        return await self._discover(self.source.export_ids, "the export list")
 
     async def downloads(self, export_id: str) -> list[DownloadInfo]:
         """An export's downloads with their metadata, after checking the export exists."""
         known = await self.export_ids()
         if export_id not in known:
             raise UnknownExportError(export_id, known)
-        api = self.api
+        source = self.source
         try:
-            ids = await self._retrying(
-                lambda: api.download_ids(export_id), what=f"export {export_id!r}"
+            ids = await self._discover(
+                lambda: source.download_ids(export_id), f"export {export_id!r}"
             )
         except UnknownExportError:
             raise UnknownExportError(export_id, known) from None
@@ -143,9 +135,9 @@ class ExportClient:
 
         async def info(download_id: str) -> DownloadInfo:
             async with slots:
-                return await self._retrying(
-                    lambda: api.download_info(export_id, download_id),
-                    what=f"the metadata of download {download_id}",
+                return await self._discover(
+                    lambda: source.download_info(export_id, download_id),
+                    f"the metadata of download {download_id}",
                 )
 
         return await run_all(info(download_id) for download_id in ids)
@@ -157,92 +149,77 @@ class ExportClient:
         """
         started = time.perf_counter()
         retries_before = self._discovery_retries
-        downloads = await self.downloads(export_id)
-        discovery_retries = self._discovery_retries - retries_before
-        self.progress.started(downloads)
+        self.progress.discovering()
         try:
+            downloads = await self.downloads(export_id)
+            self.progress.started(downloads)
             async with CountingPool(self.threads) as pool:
-                orchestrator = Orchestrator(
-                    api=self.api,
+                results = await Orchestrator(
+                    source=self.source,
                     export_id=export_id,
                     concurrency=self.concurrency,
                     policy=self.policy,
                     pool=pool,
                     progress=self.progress,
+                    options=self.options,
                     strict=self.strict,
-                    max_line_bytes=self.max_line_bytes,
-                    speed_limit=self.speed_limit,
-                    speed_time=self.speed_time,
-                )
-                counted = await orchestrator.run(downloads)
+                ).run(downloads)
         finally:
             self.progress.finished()
-        reports = tuple(item.report for item in counted)
-        warnings = []
-        for report in reports:
-            if report.unexpected_patients:
-                warnings.append(
-                    f"download {report.download_id} has patients its metadata does not list: "
-                    + ", ".join(report.unexpected_patients)
-                )
-            if report.unexpected_event_types:
-                warnings.append(
-                    f"download {report.download_id} has event types its metadata does not "
-                    "list: " + ", ".join(report.unexpected_event_types)
-                )
-        malformed = [report for report in reports if report.malformed]
-        if malformed:
-            total = sum(report.malformed for report in malformed)
-            where = ", ".join(
-                f"{report.malformed:,} in download {report.download_id}"
-                for report in malformed[:_LISTED_DOWNLOADS]
-            )
-            if len(malformed) > _LISTED_DOWNLOADS:
-                where += f" and {sum(r.malformed for r in malformed[_LISTED_DOWNLOADS:]):,} in "
-                where += f"{len(malformed) - _LISTED_DOWNLOADS} more downloads"
-            warnings.append(
-                f"{total:,} malformed row{'s were' if total != 1 else ' was'} not counted: {where}"
-            )
-        return ExportReport(
-            export_id=export_id,
-            counts=merge_counts(item.count for item in counted),
-            downloads=reports,
+        return ExportReport.of(
+            export_id,
+            results,
             seconds=time.perf_counter() - started,
-            warnings=tuple(warnings),
-            discovery_retries=discovery_retries,
+            discovery_retries=self._discovery_retries - retries_before,
         )
 
-    async def _retrying(self, request: Callable[[], Awaitable[T]], *, what: str) -> T:
+    async def _discover(self, request: Callable[[], Awaitable[T]], what: str) -> T:
         # Every failure worth retrying is retried alike, a refused connection included: a
         # server restarting during discovery is as survivable as one restarting mid-stream.
-        for attempt in range(1, self.policy.attempts + 1):
-            try:
-                return await request()
-            except TransientError as error:
-                if attempt == self.policy.attempts:
-                    if isinstance(error, ConnectError):
-                        raise ServerUnreachableError(
-                            self.server, f"{error}; {_attempts(attempt)}"
-                        ) from error
-                    raise ServerResponseError(
-                        f"Fetching {what} failed after {_attempts(attempt)}: {error}"
-                    ) from error
-                self._discovery_retries += 1
-                delay = self.policy.delay(attempt, retry_after=error.retry_after)
-                self.progress.request_retrying(what, str(error), delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last attempt either returns or raises")
+        def on_retry(error: Retryable, delay: float) -> None:
+            self._discovery_retries += 1
+            self.progress.retrying(Retry(what, str(error), delay))
+
+        try:
+            return await retrying(lambda _: request(), self.policy, on_retry=on_retry)
+        except GaveUp as gave_up:
+            if isinstance(gave_up.error, Unreachable):
+                raise ServerUnreachableError(self.server, str(gave_up)) from gave_up.error
+            raise ServerResponseError(f"Fetching {what} failed: {gave_up}.") from gave_up.error
 
 
-def _attempts(count: int) -> str:
-    return f"{count} attempt{'s' if count != 1 else ''}"
-
-
-def count_export(export_id: str, server: str = DEFAULT_SERVER, **options: Any) -> ExportReport:
-    """Counts an export from synchronous code; `options` are those of `ExportClient`."""
+def count_export(
+    export_id: str,
+    server: str = DEFAULT_SERVER,
+    *,
+    source: ExportSource | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    retry: RetryPolicy | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    speed_limit: float = DEFAULT_SPEED_LIMIT,
+    speed_time: float = DEFAULT_SPEED_TIME,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    strict: bool = False,
+    threads: int | None = None,
+    progress: ProgressListener | None = None,
+) -> ExportReport:
+    """Counts an export from synchronous code; the options are those of `ExportClient`."""
 
     async def run() -> ExportReport:
-        async with ExportClient(server, **options) as client:
+        client = ExportClient(
+            server,
+            source=source,
+            concurrency=concurrency,
+            retry=retry,
+            timeout=timeout,
+            speed_limit=speed_limit,
+            speed_time=speed_time,
+            max_line_bytes=max_line_bytes,
+            strict=strict,
+            threads=threads,
+            progress=progress,
+        )
+        async with client:
             return await client.count(export_id)
 
     return asyncio.run(run())

@@ -5,7 +5,9 @@ ExportClientError
 ├── ServerResponseError         the server answered, but not as the API says
 ├── UnknownExportError          the export id is not in the server's list
 ├── CsvFormatError              a body is not CSV that can be counted (raised by the pure core)
-├── MockServerError             the --mock server did not start (in _mock)
+├── MockServerError             the mock server did not start (in _mock)
+├── Retryable                   a failure worth retrying, raised by sources (in _retry)
+│   └── Unreachable             no connection at all (in _source)
 └── DownloadError               one download could not be counted completely
     ├── DownloadFailedError     the stream broke, timed out or kept failing after every retry
     ├── IncompleteDownloadError the body held fewer or more rows than its metadata announced
@@ -25,10 +27,7 @@ class ServerUnreachableError(ExportClientError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(
-            f"Cannot reach the export server at {url} ({reason}). "
-            "Start it with `uv run server`, point --server at it, or use --mock."
-        )
+        super().__init__(f"Cannot reach the export server at {url} ({reason}).")
 
 
 class ServerResponseError(ExportClientError):

@@ -7,36 +7,58 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 
+from ._defaults import MAX_JSON_BYTES, READ_BUFFER_BYTES
 from ._exceptions import ServerResponseError, UnknownExportError
-from ._models import DownloadInfo
+from ._metadata import DownloadInfo
+from ._retry import Retryable
+from ._source import Unreachable
+
+__all__ = ["DataStream", "ExportAPI", "check_server_url", "make_session"]
 
 T = TypeVar("T")
 
-
-class TransientError(Exception):
-    """A failure worth retrying: a 5xx or 429, a broken, cut or stalled connection."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        self.retry_after = retry_after
-        super().__init__(message)
-
-
-class ConnectError(TransientError):
-    """No connection could be made at all."""
-
-
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-# The API's JSON documents are a few hundred bytes; a hostile or broken server must not make
-# the client hold more than this per response.
-MAX_JSON_BYTES = 1 << 20
 # What is read of an error response's body, for its message.
 _ERROR_DETAIL_BYTES = 200
+
+
+def check_server_url(url: str) -> None:
+    """Raises ValueError unless `url` is an export server's base URL.
+
+    That is http or https, a host, a port from 1 to 65535 if any, and no query, fragment or
+    credentials; a path prefix is allowed (a server behind a proxy).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError if out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"{url!r} is not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    if port == 0:
+        raise ValueError(f"{url!r} has port 0; a server's port is 1 to 65535")
+    if parts.query or parts.fragment or url.rstrip("/").endswith(("?", "#")):
+        raise ValueError(f"{url!r} has a query or fragment; give the server's base URL only")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{url!r} holds credentials, which the export API does not use")
+
+
+def make_session(*, concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """The HTTP session the client streams with (the transfer-only benchmark uses it too)."""
+    return aiohttp.ClientSession(
+        # Connect and idle-read bounds only: a healthy stream of any length
+        # must never time out, a stalled one must.
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
+        connector=aiohttp.TCPConnector(limit=concurrency + 4),
+        read_bufsize=READ_BUFFER_BYTES,
+    )
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
@@ -65,7 +87,7 @@ def is_safe_id(value: str) -> bool:
 
 
 class ExportAPI:
-    """The four endpoints of the export API, on an open `aiohttp.ClientSession`."""
+    """The four endpoints of the export API over HTTP, on an open `aiohttp.ClientSession`."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
         self._session = session
@@ -130,7 +152,7 @@ class ExportAPI:
                     if len(body) > MAX_JSON_BYTES:
                         raise too_big
             except (TimeoutError, aiohttp.ClientError) as error:
-                raise TransientError(f"reading {url} failed: {_describe(error)}") from error
+                raise Retryable(f"reading {url} failed: {_describe(error)}") from error
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -150,9 +172,9 @@ class ExportAPI:
                     raise await _status_error(url, response, missing)
                 yield response
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
-            raise ConnectError(_describe(error)) from error
+            raise Unreachable(_describe(error)) from error
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise TransientError(f"GET {url} failed: {_describe(error)}") from error
+            raise Retryable(f"GET {url} failed: {_describe(error)}") from error
 
 
 def _ids(url: str, data: Any, name: str, what: str) -> list[str]:
@@ -197,7 +219,7 @@ class DataStream:
     async def chunks(
         self, *, speed_limit: float = 0.0, speed_time: float = 30.0
     ) -> AsyncIterator[bytes]:
-        """The body's bytes; a cut, stalled, broken or too slow stream raises `TransientError`.
+        """The body's bytes; a cut, stalled, broken or too slow stream raises `Retryable`.
 
         Too slow is below `speed_limit` bytes per second over `speed_time` seconds, as curl's
         --speed-limit and --speed-time: judged whenever bytes arrive, so a stream that stops
@@ -214,7 +236,7 @@ class DataStream:
                     elapsed = now - window_start
                     if elapsed >= speed_time:
                         if window_bytes < speed_limit * elapsed:
-                            raise TransientError(
+                            raise Retryable(
                                 f"the stream from {self.url} was too slow: "
                                 f"{window_bytes / elapsed:,.0f} bytes/s over {elapsed:.0f} s, "
                                 f"below the floor of {speed_limit:,.0f} bytes/s"
@@ -223,12 +245,12 @@ class DataStream:
                         window_bytes = 0
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise TransientError(f"the stream from {self.url} broke: {_describe(error)}") from error
+            raise Retryable(f"the stream from {self.url} broke: {_describe(error)}") from error
 
 
 async def _status_error(url: str, response: aiohttp.ClientResponse, missing: Any) -> Exception:
     if response.status in _RETRYABLE_STATUSES:
-        return TransientError(
+        return Retryable(
             f"GET {url} answered {response.status} {response.reason or ''}".rstrip(),
             retry_after=_retry_after(response),
         )

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import re
 
-from export_client._exceptions import CsvFormatError
+from ._defaults import DEFAULT_MAX_LINE_BYTES
+from ._exceptions import CsvFormatError
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "LineSplitter", "Piece", "first_record_end"]
-
-DEFAULT_MAX_LINE_BYTES = 1 << 20
+__all__ = ["LineSplitter", "Piece", "first_record_end"]
 
 # Complete records: bytes, or a memoryview of a network chunk that holds them (no copy).
 Piece = bytes | memoryview

@@ -9,19 +9,15 @@ core's worth of CPU.
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
-from ._counting import BlockCount, CsvLayout, count_block
+from ._counting import BlockCount, count_block
+from ._defaults import available_cores
+from ._layout import CsvLayout
 from ._lines import Piece
 
-
-def available_cores() -> int:
-    """The cores this process may run on (fewer than the machine's in a container)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+__all__ = ["CountingPool"]
 
 
 class CountingPool:

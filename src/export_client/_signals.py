@@ -61,6 +61,29 @@ class DeferredInterrupts:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
+_deferred: DeferredInterrupts | None = None
+
+
+def defer_interrupts() -> None:
+    """Defers Ctrl-C and SIGTERM until `resume_interrupts`: for the entry point."""
+    global _deferred
+    if _deferred is None:
+        _deferred = DeferredInterrupts().__enter__()
+
+
+def resume_interrupts() -> None:
+    """Ends a deferral, if any: Ctrl-C and SIGTERM raise again, and one that came meanwhile
+    is raised now (KeyboardInterrupt or Terminated), where the CLI can report it."""
+    global _deferred
+    if _deferred is None:
+        return
+    deferred, _deferred = _deferred, None
+    deferred.__exit__(None, None, None)
+    handle_sigterm()
+    if deferred.received:
+        raise Terminated if deferred.received[0] == signal.SIGTERM else KeyboardInterrupt
+
+
 def signal_stop(signum: int) -> tuple[str, int]:
     """The `error:` text and exit code of a run stopped by the signal `signum`."""
     return _STOPS[signal.Signals(signum)]

@@ -292,7 +292,7 @@ def test_an_unwritable_output_is_one_error_line(server: str, tmp_path: Path) -> 
 
 
 def test_a_download_that_keeps_failing_fails_the_run(broken_server: str) -> None:
-    code, out, err = invoke("tiny", "-s", broken_server, "--retries", "1")
+    code, out, err = invoke("tiny", "-s", broken_server, "--retries", "1", "-q")
     assert code == 1
     assert out == ""
     lines = err.splitlines()
@@ -317,7 +317,7 @@ def test_unknown_export_is_a_usage_error(server: str) -> None:
 
 
 def test_unreachable_server(tmp_path: Path) -> None:
-    code, out, err = invoke("demo", "-s", "http://127.0.0.1:9")
+    code, out, err = invoke("demo", "-s", "http://127.0.0.1:9", "-q", "--backoff", "0.01")
     assert code == 1
     assert out == ""
     assert len(err.splitlines()) == 1

@@ -12,6 +12,7 @@ import pytest
 from aioresponses import aioresponses
 
 from export_client import ExportClient
+from export_client._download import StreamOptions
 from export_client._exceptions import (
     DownloadFailedError,
     IncompleteDownloadError,
@@ -20,7 +21,9 @@ from export_client._exceptions import (
     ServerUnreachableError,
     UnknownExportError,
 )
-from export_client._models import DownloadInfo
+from export_client._metadata import DownloadInfo
+from export_client._report import warnings
+from export_client._retry import RetryPolicy
 
 BASE = "http://server.test"
 HEADER = b"patient_id,event_time,event_type,value\n"
@@ -66,15 +69,16 @@ def data_url(download_id: str) -> str:
     return f"{BASE}/api/export/demo/{download_id}/data"
 
 
-async def count(**options: Any) -> Any:
-    async with ExportClient(BASE, backoff=0.01, **options) as client:
+async def count(*, retries: int = 3, **options: Any) -> Any:
+    retry = RetryPolicy(retries=retries, base_delay=0.01)
+    async with ExportClient(BASE, retry=retry, **options) as client:
         return await client.count("demo")
 
 
 def as_plain(report: Any) -> dict[str, Any]:
     return {
-        "patients": {p: dict(types) for p, types in report.counts.patients.items()},
-        "totals": dict(report.counts.totals),
+        "patients": {p: dict(types) for p, types in report.patients.items()},
+        "totals": dict(report.totals),
     }
 
 
@@ -161,8 +165,8 @@ async def test_malformed_rows_are_skipped_and_reported(mocked: aioresponses) -> 
     report = await count()
     assert report.malformed == 1
     assert report.downloads[0].malformed_examples == ("P009,only-two",)
-    assert report.counts.totals == {"bp_dia": 1, "bp_sys": 2}
-    assert any("1 malformed" in warning for warning in report.warnings)
+    assert report.totals == {"bp_dia": 1, "bp_sys": 2}
+    assert any("1 malformed" in warning for warning in warnings(report))
 
 
 async def test_strict_fails_on_a_malformed_row(mocked: aioresponses) -> None:
@@ -180,10 +184,10 @@ async def test_patients_and_event_types_not_in_the_metadata_are_counted_and_warn
     serve_discovery(mocked, bodies)
     mocked.get(data_url("d1"), body=bodies["d1"])
     report = await count()
-    assert report.counts.patients["P777"] == {"temperature": 1}
+    assert report.patients["P777"] == {"temperature": 1}
     assert report.downloads[0].unexpected_patients == ("P777",)
     assert report.downloads[0].unexpected_event_types == ("temperature",)
-    assert len(report.warnings) == 2
+    assert len(warnings(report)) == 2
 
 
 async def test_unknown_export_lists_the_known_ones(mocked: aioresponses) -> None:
@@ -203,14 +207,15 @@ async def test_discovery_retries_a_503(mocked: aioresponses) -> None:
 async def test_discovery_gives_up_after_the_retries(mocked: aioresponses) -> None:
     for _ in range(2):
         mocked.get(f"{BASE}/api/export", status=503, headers={"Retry-After": "0"})
-    async with ExportClient(BASE, retries=1) as client:
+    async with ExportClient(BASE, retry=RetryPolicy(retries=1)) as client:
         with pytest.raises(ServerResponseError, match="2 attempts"):
             await client.export_ids()
 
 
 async def test_unreachable_server_names_the_url() -> None:
-    async with ExportClient("http://127.0.0.1:9") as client:
-        with pytest.raises(ServerUnreachableError, match=r"127\.0\.0\.1:9.*uv run server"):
+    retry = RetryPolicy(retries=1, base_delay=0.01)
+    async with ExportClient("http://127.0.0.1:9", retry=retry) as client:
+        with pytest.raises(ServerUnreachableError, match=r"127\.0\.0\.1:9.*2 attempts"):
             await client.count("demo")
 
 
@@ -246,7 +251,6 @@ async def test_concurrency_is_bounded(concurrency: int) -> None:
     from export_client._orchestrator import Orchestrator
     from export_client._pool import CountingPool
     from export_client._progress import NoProgress
-    from export_client._retry import RetryPolicy
 
     bodies = {f"d{i}": BODIES["d1"] for i in range(6)}
     api = _CountingAPI(bodies)
@@ -255,17 +259,17 @@ async def test_concurrency_is_bounded(concurrency: int) -> None:
     ]
     async with CountingPool(2) as pool:
         orchestrator = Orchestrator(
-            api=api,  # type: ignore[arg-type]
+            source=api,  # type: ignore[arg-type]
             export_id="demo",
             concurrency=concurrency,
             policy=RetryPolicy(retries=0),
             pool=pool,
             progress=NoProgress(),
-            block_bytes=16,
+            options=StreamOptions(block_bytes=16),
         )
         counted = await orchestrator.run(downloads)
     assert api.most_open == concurrency
-    assert sum(item.count.rows for item in counted) == 18
+    assert sum(item.rows for item in counted) == 18
 
 
 async def test_retry_after_is_honoured(mocked: aioresponses) -> None:

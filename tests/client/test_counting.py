@@ -7,23 +7,17 @@ import itertools
 import pickle
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export_client import _counting
-from export_client._counting import (
-    BlockCount,
-    CsvLayout,
-    DownloadCounter,
-    _count_exact,
-    _count_fast,
-    _Tally,
-    count_block,
-)
+from export_client._body import BodyCount, BodyReader, count_body, count_end
+from export_client._counting import BlockCount, _count_exact, _count_fast, count_block
 from export_client._exceptions import CsvFormatError
-from export_client._results import DownloadCount
+from export_client._layout import CsvLayout
 
 # Every test here runs on both cores: the compiled kernel and the pure-Python fallback.
 pytestmark = pytest.mark.usefixtures("counting_core")
@@ -64,15 +58,27 @@ def oracle(body: bytes) -> tuple[dict[tuple[str, str], int], int, int]:
     return dict(pairs), rows, malformed
 
 
-def count(chunks: Sequence[bytes], *, max_line_bytes: int = 1 << 20) -> DownloadCount:
-    counter = DownloadCounter(max_line_bytes=max_line_bytes)
-    for chunk in chunks:
-        counter.feed(chunk)
-    counter.finish()
-    return counter.result()
+@dataclass(frozen=True)
+class Counted:
+    """What a whole body counts to, with the values decoded, as the tests compare it."""
+
+    pairs: dict[tuple[str, str], int]
+    rows: int
+    malformed: int
+    malformed_examples: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, body: BodyCount) -> Counted:
+        counts = body.counts
+        examples = tuple(counts.malformed_examples)
+        return cls(counts.decoded_pairs(), counts.rows, counts.malformed, examples)
 
 
-def as_tuple(result: DownloadCount) -> tuple[dict[tuple[str, str], int], int, int]:
+def count(chunks: Sequence[bytes], *, max_line_bytes: int = 1 << 20) -> Counted:
+    return Counted.of(count_body(chunks, max_line_bytes=max_line_bytes))
+
+
+def as_tuple(result: Counted) -> tuple[dict[tuple[str, str], int], int, int]:
     return dict(result.pairs), result.rows, result.malformed
 
 
@@ -152,26 +158,20 @@ def test_missing_column_in_body_raises() -> None:
 
 @pytest.mark.parametrize("chunks", [[], [b""], [b"", b""], [b"\n\n"], [b"\xef\xbb\xbf"]])
 def test_an_empty_body_is_incomplete(chunks: list[bytes]) -> None:
-    counter = DownloadCounter()
-    for chunk in chunks:
-        counter.feed(chunk)
-    counter.finish()
-    assert counter.layout is None
-    assert counter.incomplete is not None
-    assert "empty" in counter.incomplete
+    body = count_body(chunks)
+    assert body.layout is None
+    assert body.incomplete is not None
+    assert "empty" in body.incomplete
 
 
 @pytest.mark.parametrize("cut", [b"patient_id,event_ti", b"\n\npatient"])
 def test_a_body_ending_inside_its_header_is_incomplete(cut: bytes) -> None:
-    counter = DownloadCounter()
-    counter.feed(cut)
-    counter.finish()
-    assert counter.incomplete == "the body ended inside its header line"
+    assert count_body([cut]).incomplete == "the body ended inside its header line"
 
 
 def test_a_terminated_header_without_the_columns_is_a_format_error() -> None:
     with pytest.raises(CsvFormatError, match="no 'event_type' column"):
-        DownloadCounter().feed(b"patient_id,event_ti\n")
+        BodyReader().feed(b"patient_id,event_ti\n")
 
 
 @pytest.mark.parametrize(
@@ -185,12 +185,9 @@ def test_a_terminated_header_without_the_columns_is_a_format_error() -> None:
 )
 def test_a_body_ending_inside_a_row_is_incomplete(body: bytes) -> None:
     for chunks in ([body], [body[i : i + 3] for i in range(0, len(body), 3)]):
-        counter = DownloadCounter()
-        for chunk in chunks:
-            counter.feed(chunk)
-        counter.finish()
-        assert counter.incomplete is not None
-        assert counter.incomplete.startswith("the body ended inside a row")
+        incomplete = count_body(chunks).incomplete
+        assert incomplete is not None
+        assert incomplete.startswith("the body ended inside a row")
 
 
 @pytest.mark.parametrize(
@@ -205,48 +202,39 @@ def test_a_body_ending_inside_a_row_is_incomplete(body: bytes) -> None:
     ],
 )
 def test_a_whole_body_is_not_incomplete(body: bytes) -> None:
-    counter = DownloadCounter()
-    counter.feed(body)
-    counter.finish()
-    assert counter.incomplete is None
+    assert count_body([body]).incomplete is None
 
 
 @pytest.mark.parametrize("body", [b"patient_id,event_type\rP1,a\rP2,b\r", b"h\rx"])
 def test_cr_only_line_ends_are_named(body: bytes) -> None:
-    counter = DownloadCounter()
-    counter.feed(body)
+    reader = BodyReader()
+    reader.feed(body)
     with pytest.raises(CsvFormatError, match="bare carriage return"):
-        counter.finish()
+        reader.finish()
 
 
 def test_cr_only_line_ends_are_named_when_too_long() -> None:
-    counter = DownloadCounter(max_line_bytes=100)
+    reader = BodyReader(max_line_bytes=100)
     with pytest.raises(CsvFormatError, match="bare carriage return"):
-        counter.feed(b"patient_id,event_type\r" + b"P1,a\r" * 50)
+        reader.feed(b"patient_id,event_type\r" + b"P1,a\r" * 50)
 
 
 def test_blank_lines_are_counted_apart_from_rows() -> None:
-    counter = DownloadCounter()
-    counter.feed(HEADER + b"\n\nP1,t,a,1\n\r\n\n\nP2,t,b,2\n\n")
-    counter.finish()
-    assert (counter.rows, counter.blank_lines) == (2, 6)
+    counts = count_body([HEADER + b"\n\nP1,t,a,1\n\r\n\n\nP2,t,b,2\n\n"]).counts
+    assert (counts.rows, counts.blank_lines) == (2, 6)
 
 
 def test_many_blank_lines_before_the_header_cost_linear_time() -> None:
-    counter = DownloadCounter()
-    counter.feed(b"\n" * 5_000_000 + HEADER + b"P1,t,a,1\n")
-    counter.finish()
-    assert counter.layout == LAYOUT
-    assert counter.rows == 1
+    body = count_body([b"\n" * 5_000_000 + HEADER + b"P1,t,a,1\n"])
+    assert body.layout == LAYOUT
+    assert body.counts.rows == 1
 
 
 @pytest.mark.parametrize("body", [HEADER, HEADER.rstrip(b"\n"), HEADER + b"\n\n", b"\n" + HEADER])
 def test_header_only_is_zero_rows(body: bytes) -> None:
-    counter = DownloadCounter()
-    counter.feed(body)
-    counter.finish()
-    assert counter.layout == LAYOUT
-    assert counter.result() == DownloadCount(pairs={}, rows=0, malformed=0)
+    counted = count_body([body])
+    assert counted.layout == LAYOUT
+    assert Counted.of(counted) == Counted(pairs={}, rows=0, malformed=0)
 
 
 def test_bom_split_across_chunks() -> None:
@@ -298,13 +286,9 @@ def test_malformed_examples_are_capped_and_truncated() -> None:
 
 
 def test_examples_capped_across_blocks() -> None:
-    counter = DownloadCounter()
-    counter.feed(HEADER)
-    for i in range(4):
-        counter.feed(f"x{i}\ny{i}\n".encode())
-    counter.finish()
-    assert counter.result().malformed == 8
-    assert counter.result().malformed_examples == ("x0", "y0", "x1", "y1", "x2")
+    result = count([HEADER, *(f"x{i}\ny{i}\n".encode() for i in range(4))])
+    assert result.malformed == 8
+    assert result.malformed_examples == ("x0", "y0", "x1", "y1", "x2")
 
 
 def test_quoted_fields() -> None:
@@ -395,7 +379,7 @@ def test_clean_block_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> Non
     ],
 )
 def test_fast_path_declines_what_it_cannot_prove(block: bytes) -> None:
-    tally = _Tally()
+    tally = BlockCount()
     assert not _count_fast(block, LAYOUT, tally)
     assert (tally.pairs, tally.rows, tally.malformed) == (Counter(), 0, 0)
 
@@ -463,9 +447,9 @@ def test_fast_path_agrees_with_exact_path(body: bytes) -> None:
     block = body[body.index(b"\n") + 1 :] if b"\n" in body else b""
     header = body[: len(body) - len(block)]
     layout = CsvLayout.from_header(header)
-    exact = _Tally()
+    exact = BlockCount()
     _count_exact(block, layout, exact)
-    fast = _Tally()
+    fast = BlockCount()
     if b'"' not in block and _count_fast(block, layout, fast):
         assert (fast.pairs, fast.rows, fast.malformed, fast.blank_lines) == (
             exact.pairs,
@@ -480,7 +464,7 @@ def test_fast_path_agrees_with_exact_path(body: bytes) -> None:
         exact.malformed,
         exact.blank_lines,
     )
-    assert whole.malformed_examples == exact.examples
+    assert whole.malformed_examples == exact.malformed_examples
 
 
 @settings(max_examples=100, deadline=None)
@@ -488,9 +472,9 @@ def test_fast_path_agrees_with_exact_path(body: bytes) -> None:
 def test_fast_path_is_exact_for_plain_rows(kinds: list[str]) -> None:
     text = {"plain": "S1,t,a,1\n", "blank": "\n", "bad": "S1,,a\n", "crlf": "S2,t,b,2\r\n"}
     block = "".join(text[kind] for kind in kinds).encode()
-    exact = _Tally()
+    exact = BlockCount()
     _count_exact(block, LAYOUT, exact)
-    fast = _Tally()
+    fast = BlockCount()
     accepted = _count_fast(block, LAYOUT, fast)
     assert accepted == ("bad" not in kinds)
     if accepted:
@@ -511,13 +495,14 @@ def test_blank_lines_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None
     assert (result.rows, result.blank_lines, result.pairs) == (1, 3_001_002, {(b"P1", b"a"): 1})
 
 
-def test_split_and_add_equals_feed() -> None:
+def test_reading_and_merging_blocks_equals_counting_the_body() -> None:
     body = HEADER + reference_lines(500) + b"bad\n" + b'"P,1",t,a,1\n'
-    counter = DownloadCounter()
+    reader = BodyReader()
+    total = BlockCount()
     for i in range(0, len(body), 1000):
-        for piece in counter.split(body[i : i + 1000]):
-            assert counter.layout == LAYOUT
-            counter.add(count_block(piece, counter.layout))
-    counter.finish()
-    assert counter.result() == count([body])
-    assert as_tuple(counter.result()) == oracle(body)
+        for piece in reader.feed(body[i : i + 1000]):
+            assert reader.layout == LAYOUT
+            total.merge(count_block(piece, reader.layout))
+    assert count_end(reader, total) is None
+    assert Counted.of(BodyCount(total, reader.layout, None)) == count([body])
+    assert as_tuple(count([body])) == oracle(body)

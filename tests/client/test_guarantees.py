@@ -343,8 +343,9 @@ def test_cr_only_line_ends_are_named() -> None:
 # 13 and 14. Ctrl-C during start-up, and SIGTERM
 
 
-# From about 20 ms in (the interpreter's own start-up is out of reach) until the imports end.
-@pytest.mark.parametrize("delay", [0.08, 0.15, 0.25, 0.4])
+# From about 20 ms in (the interpreter's own start-up is out of reach), through the imports
+# and typer's parsing, into the run.
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(delay: float) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "export_client", "demo", "-s", "http://127.0.0.1:9"],
@@ -361,7 +362,7 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(delay: float) -> None:
     assert one_line_error(err) == "error: interrupted"
 
 
-@pytest.mark.parametrize("delay", [0.1, 1.5])
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.5, 1.5])
 def test_sigterm_stops_the_run_with_exit_143(delay: float) -> None:
     data = HEADER + rows(40)
     with hostile_server(api({"d1": (40, hostile.drip(data, interval=0.5))})) as server:

@@ -10,7 +10,9 @@ from export_client._exceptions import (
     ServerResponseError,
     UnknownExportError,
 )
-from export_client._http import ConnectError, ExportAPI, TransientError
+from export_client._http import ExportAPI
+from export_client._retry import Retryable
+from export_client._source import Unreachable
 
 BASE = "http://server.test"
 DOWNLOAD = "f725622a-22ea-4acc-aab8-810ec8b5e2c6"
@@ -86,7 +88,7 @@ async def test_server_errors_are_transient(
     mocked: aioresponses, api: ExportAPI, status: int
 ) -> None:
     mocked.get(f"{BASE}/api/export", status=status, headers={"Retry-After": "7"})
-    with pytest.raises(TransientError) as caught:
+    with pytest.raises(Retryable) as caught:
         await api.export_ids()
     assert caught.value.retry_after == 7.0
     assert str(status) in str(caught.value)
@@ -97,7 +99,7 @@ async def test_retry_after_values(
     mocked: aioresponses, api: ExportAPI, header: str, expected: float | None
 ) -> None:
     mocked.get(f"{BASE}/api/export", status=503, headers={"Retry-After": header})
-    with pytest.raises(TransientError) as caught:
+    with pytest.raises(Retryable) as caught:
         await api.export_ids()
     assert caught.value.retry_after == expected
 
@@ -111,13 +113,13 @@ async def test_other_client_errors_are_final(mocked: aioresponses, api: ExportAP
 async def test_connection_refused_is_a_connect_error() -> None:
     async with aiohttp.ClientSession() as session:
         closed = ExportAPI(session, "http://127.0.0.1:9")
-        with pytest.raises(ConnectError):
+        with pytest.raises(Unreachable):
             await closed.export_ids()
 
 
 async def test_timeout_is_transient(mocked: aioresponses, api: ExportAPI) -> None:
     mocked.get(f"{BASE}/api/export", exception=TimeoutError())
-    with pytest.raises(TransientError, match="timed out"):
+    with pytest.raises(Retryable, match="timed out"):
         await api.export_ids()
 
 
@@ -140,5 +142,5 @@ async def test_data_stream_cut_is_transient(mocked: aioresponses, api: ExportAPI
             async for _ in stream.chunks():
                 pass
 
-    with pytest.raises(TransientError, match="not completed"):
+    with pytest.raises(Retryable, match="not completed"):
         await drain()

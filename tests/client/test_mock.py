@@ -16,6 +16,7 @@ from ..processes import (
     kill_leftovers,
     running,
     still_running,
+    threads,
     wait_for,
 )
 
@@ -65,9 +66,9 @@ def test_the_mock_server_goes_when_the_client_is_killed(tmp_path: Path) -> None:
         [server] = wait_for(lambda: _servers(client.pid))
         server_tree.append(server)
         server_tree += wait_for(lambda: children(server))
-        # The client's own counting workers start after discovery, so the server is serving
+        # The client's counting threads start with the first block, so the server is serving
         # by then; large takes minutes, so the client is mid-count when it is killed.
-        wait_for(lambda: [pid for pid in children(client.pid) if pid != server])
+        wait_for(lambda: threads(client.pid)[2:])
         client.send_signal(signal.SIGKILL)
         client.wait()
         assert still_running(server_tree, timeout=10) == []

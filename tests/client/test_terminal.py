@@ -1,11 +1,12 @@
-"""The terminal progress line."""
+"""Progress for people: the terminal line, and plain lines elsewhere."""
 
 from __future__ import annotations
 
 import io
 
-from export_client._models import DownloadInfo
-from export_client._progress import TerminalProgress
+from export_client._metadata import DownloadInfo
+from export_client._progress import Retry
+from export_client._terminal import PlainProgress, TerminalProgress, clean
 
 
 def info(name: str, rows: int) -> DownloadInfo:
@@ -32,9 +33,9 @@ def test_a_retry_takes_back_its_rows_and_is_reported_on_its_own_line() -> None:
     progress.started([info("a", 100)])
     progress.download_started("a")
     progress.counted("a", 60)
-    progress.retrying("a", "the stream broke", 0.5, 60, 1000)
+    progress.retrying(Retry("download a", "the stream broke", 0.5, "a", 60, 1000))
     text = screen.getvalue()
-    assert "retrying a in 0.5s: the stream broke\n" in text
+    assert "retrying download a in 0.5s: the stream broke\n" in text
     assert "0 / 100 rows" in text.split("\r")[-1]
     assert "1 retry" in text.split("\r")[-1]
 
@@ -56,3 +57,16 @@ def test_redraws_are_throttled() -> None:
     for _ in range(100):
         progress.counted("a", 0)
     assert screen.getvalue() == drawn
+
+
+def test_plain_progress_prints_one_line_per_retry() -> None:
+    stream = io.StringIO()
+    progress = PlainProgress(stream)
+    progress.retrying(Retry("the export list", "GET ... answered 503", 0.25))
+    assert stream.getvalue() == "retrying the export list in 0.2s: GET ... answered 503\n"
+
+
+def test_text_from_the_server_is_escaped_and_shortened() -> None:
+    assert clean("P001\x1b[2J\n") == "P001\\x1b[2J\\n"
+    assert clean("x" * 100) == "x" * 77 + "..."
+    assert clean("Zoë") == "Zoë"

@@ -1,0 +1,154 @@
+"""One attempt at a download: open, batch, split, count, finish, verify.
+
+The attempt streams the body from the source, cuts it into pieces of complete records
+(`BodyReader`), batches them into blocks of at least `block_bytes`, hands each block to the
+counting pool and merges the counts as they come back, with at most `pending_blocks` in
+flight. At the end it counts the last record and verifies the body against the metadata. A
+body that is not the one announced raises `WrongBody`, which the caller retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from ._body import BodyReader, count_end
+from ._counting import BlockCount
+from ._defaults import (
+    BLANK_LINES_FLOOR,
+    BLOCK_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_SPEED_LIMIT,
+    DEFAULT_SPEED_TIME,
+    PENDING_BLOCKS,
+)
+from ._lines import Piece
+from ._metadata import DownloadInfo
+from ._pool import CountingPool
+from ._progress import ProgressListener
+from ._results import DownloadResult
+from ._retry import Retryable
+from ._source import ExportSource
+
+__all__ = ["DownloadAttempt", "StreamOptions", "WrongBody"]
+
+
+class WrongBody(Retryable):
+    """The body is not the one its metadata announces: cut short, or too long."""
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a body is read: its bounds, and the size of the blocks it is counted in."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    speed_limit: float = DEFAULT_SPEED_LIMIT
+    speed_time: float = DEFAULT_SPEED_TIME
+    block_bytes: int = BLOCK_BYTES
+    pending_blocks: int = PENDING_BLOCKS
+
+
+class DownloadAttempt:
+    """One try at one download, into counts of its own, so that a retry never counts twice.
+
+    `received` and `counted` are its bytes and rows so far, which a failed attempt's caller
+    takes back from the progress shown.
+    """
+
+    def __init__(
+        self,
+        source: ExportSource,
+        export_id: str,
+        info: DownloadInfo,
+        *,
+        number: int,
+        pool: CountingPool,
+        options: StreamOptions,
+        progress: ProgressListener,
+    ) -> None:
+        self.info = info
+        self.number = number
+        self.received = 0
+        self.counted = 0
+        self._source = source
+        self._export_id = export_id
+        self._pool = pool
+        self._options = options
+        self._progress = progress
+        self._reader = BodyReader(max_line_bytes=options.max_line_bytes)
+        self._total = BlockCount()
+        self._pending: deque[asyncio.Future[BlockCount]] = deque()
+
+    async def run(self) -> DownloadResult:
+        """The download's verified result; WrongBody or another `Retryable` if it failed."""
+        options = self._options
+        batch: list[Piece] = []
+        batched = 0
+        try:
+            async with self._source.open_data(self._export_id, self.info.id) as body:
+                chunks = body.chunks(speed_limit=options.speed_limit, speed_time=options.speed_time)
+                async for chunk in chunks:
+                    self.received += len(chunk)
+                    self._progress.received(self.info.id, len(chunk))
+                    for piece in self._reader.feed(chunk):
+                        batch.append(piece)
+                        batched += len(piece)
+                    # Counting per network read would pay the hand-off to a thread thousands
+                    # of times; batching to `block_bytes` keeps it negligible.
+                    if batched >= options.block_bytes:
+                        await self._submit(batch)
+                        batch, batched = [], 0
+            if batch:
+                await self._submit(batch)
+            while self._pending:
+                self._add(await self._pending.popleft())
+            incomplete = count_end(self._reader, self._total)
+        finally:
+            for block in self._pending:
+                block.cancel()
+                # A block counted before the attempt failed must not log its error as unread.
+                block.add_done_callback(_mark_read)
+        self._check_length()
+        if incomplete:
+            raise WrongBody(incomplete)
+        if self._total.rows != self.info.rows:
+            raise WrongBody(
+                f"the body held {self._total.rows:,} rows, "
+                f"the metadata announces {self.info.rows:,}"
+            )
+        return DownloadResult.of(self.info, self._total, nbytes=self.received, attempts=self.number)
+
+    async def _submit(self, batch: list[Piece]) -> None:
+        layout = self._reader.layout
+        assert layout is not None, "data records come only after the header"
+        # One large piece is counted where it lies; several small ones are cheaper to join
+        # than to count one by one.
+        block = batch[0] if len(batch) == 1 else b"".join(batch)
+        self._pending.append(self._pool.submit(block, layout))
+        # A bounded queue of blocks in flight keeps memory flat however fast the network is
+        # compared with the counting.
+        while len(self._pending) > self._options.pending_blocks:
+            self._add(await self._pending.popleft())
+
+    def _add(self, block: BlockCount) -> None:
+        self._total.merge(block)
+        self.counted += block.rows
+        self._progress.counted(self.info.id, block.rows)
+        self._check_length()
+
+    def _check_length(self) -> None:
+        """Ends the attempt as soon as its body is longer than announced: it may never end."""
+        rows = self.info.rows
+        if self._total.rows > rows:
+            raise WrongBody(f"the body holds more than the {rows:,} rows its metadata announces")
+        allowed = max(rows, BLANK_LINES_FLOOR)
+        if self._total.blank_lines > allowed:
+            raise WrongBody(
+                f"the body holds more than {allowed:,} blank lines, for {rows:,} rows announced"
+            )
+
+
+def _mark_read(future: asyncio.Future[BlockCount]) -> None:
+    if not future.cancelled():
+        future.exception()
