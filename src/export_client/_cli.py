@@ -57,9 +57,10 @@ Examples:
 class OneLineErrors(TyperCommand):
     """Reports a usage error as one `error:` line and exit code 2, like every other error."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False  # errors come back here, to be shown our way
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, **kwargs)
         except ClickException as error:
             hint = " (see cli --help)" if isinstance(error, UsageError) else ""
             typer.echo(f"error: {error.format_message()}{hint}", err=True)

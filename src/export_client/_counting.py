@@ -15,6 +15,7 @@ each row.
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import re
 from collections import Counter
@@ -36,10 +37,9 @@ def _load_kernel() -> ModuleType | None:
     if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
         return None
     try:
-        from . import _kernel  # type: ignore[attr-defined]
+        return importlib.import_module("export_client._kernel")
     except ImportError:
         return None  # not built: no C compiler at install time
-    return _kernel  # type: ignore[no-any-return]
 
 
 _kernel = _load_kernel()

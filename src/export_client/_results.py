@@ -7,6 +7,7 @@ mutable accumulator), `DownloadResult` once a download is verified against its m
 
 from __future__ import annotations
 
+import builtins
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ class ExportReport:
     def malformed(self) -> int:
         return sum(download.malformed for download in self.downloads)
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:
         """The result document: only the patients and the totals, indented, ending in "\\n"."""
         document = {
             "patients": {patient: dict(types) for patient, types in self.patients.items()},

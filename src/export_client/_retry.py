@@ -67,7 +67,7 @@ class RetryPolicy:
             # The server knows its own load better than our guess; only an absurd
             # value is capped, so that a run never sleeps for hours.
             return min(retry_after, self.max_delay)
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
         # "Equal jitter": half fixed, half random, so clients that failed
         # together do not all come back at the same instant.
         return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -63,7 +63,7 @@ def generate_body(download: DownloadSpec, *, chunk_size: int = 32768) -> Iterato
     while remaining:
         n = min(batch, remaining)
         remaining -= n
-        lines = []
+        lines: list[str] = []
         append = lines.append
         for _ in range(n):
             r = getrandbits(patient_bits)

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from export_client._cli import app
-from export_client._http import MAX_JSON_BYTES
+from export_client._defaults import MAX_JSON_BYTES
 
 from . import hostile
 from .hostile import HEADER, api, body, hostile_server, metadata, rows

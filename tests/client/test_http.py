@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 import pytest
 from aioresponses import aioresponses
@@ -27,7 +29,7 @@ METADATA = {
 
 
 @pytest.fixture
-async def api() -> ExportAPI:
+async def api() -> AsyncIterator[ExportAPI]:
     async with aiohttp.ClientSession() as session:
         yield ExportAPI(session, BASE + "/")
 

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export_client import _counting
-from export_client._counting import CsvLayout, count_block, count_block_pure
+from export_client._counting import count_block, count_block_pure
+from export_client._layout import CsvLayout
 
 from .test_counting import as_tuple, bodies, count, oracle
 
@@ -63,7 +64,7 @@ def check(
     block: bytes, ncols: int = 4, pidx: int = 0, eidx: int = 2, max_examples: int = 5
 ) -> Result | None:
     """count_lines of the block, asserted equal to the reference (dict order included)."""
-    got = kernel.count_lines(block, ncols, pidx, eidx, max_examples)
+    got: Result | None = kernel.count_lines(block, ncols, pidx, eidx, max_examples)
     expected = reference(block, ncols, pidx, eidx, max_examples)
     assert got == expected
     if got is not None and expected is not None:

@@ -139,7 +139,7 @@ def failing_cache(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     def open_file(path: Path, mode: str) -> Any:
         if how == "create":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        opening = real_open(path, mode)
+        opening = real_open(path, mode)  # type: ignore[call-overload]
 
         async def opened() -> Any:
             file = await opening

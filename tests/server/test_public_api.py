@@ -14,7 +14,7 @@ def test_all_is_sorted() -> None:
 
 
 def test_all_lists_every_public_name_and_each_has_a_home() -> None:
-    from export_server import _HOMES  # type: ignore[attr-defined]
+    from export_server import _HOMES
 
     assert sorted(_HOMES) == sorted(export_server.__all__)
     for name in export_server.__all__:
