@@ -138,6 +138,16 @@ def cli(
             show_default=False,
         ),
     ] = None,
+    report_file: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Also write the run's report to FILE as JSON: rows, bytes, seconds, retries, "
+            "and every download's figures (for scripts and benchmarks).",
+            show_default=False,
+        ),
+    ] = None,
     concurrency: Annotated[
         int, typer.Option("-c", "--concurrency", min=1, help="Downloads streamed at once.")
     ] = DEFAULT_CONCURRENCY,
@@ -240,8 +250,11 @@ def cli(
     try:
         # Before anything is downloaded: a result that cannot be written is not worth making.
         destination = Output.at(output) if output is not None else None
+        report_destination = Output.at(report_file) if report_file is not None else None
     except OutputError as error:
         raise UsageError(str(error)) from None
+    if report_file == "-" or (report_destination and report_destination.descriptor == 1):
+        raise UsageError("--report cannot go to stdout, which carries the result.")
     progress = progress_for(sys.stderr, quiet=quiet, label=chosen or "")
     if verbose:
         typer.echo(f"counting core: {COUNTING_CORE}", err=True)
@@ -279,6 +292,9 @@ def cli(
         _emit(listing, destination)
     else:
         _present(report, output=destination, time_=time_, verbose=verbose)
+        if report_destination is not None:
+            document = {**report.to_dict(), "counting_core": COUNTING_CORE}
+            _emit(orjson.dumps(document, option=orjson.OPT_INDENT_2), report_destination)
 
 
 async def _count(client: ExportClient, export_id: str) -> ExportReport:

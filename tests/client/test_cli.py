@@ -384,3 +384,24 @@ def test_mock_counts_demo_as_committed() -> None:
     code, out, err = invoke("demo", "--mock")
     assert code == 0, err
     assert out == (ROOT / "demo.json").read_text()
+
+
+def test_report_writes_the_run_as_json(server: str, tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    code, out, err = invoke("tiny", "-s", server, "--report", str(target))
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+    report = json.loads(target.read_text())
+    downloads = TINY.downloads("tiny") or []
+    assert report["rows"] == sum(download.rows for download in downloads)
+    assert [d["id"] for d in report["downloads"]] == [str(d.id) for d in downloads]
+    assert report["retries"] == 0
+    assert report["counting_core"] in ("compiled", "pure Python")
+    assert {"patients": report["patients"], "totals": report["totals"]} == json.loads(out)
+
+
+def test_report_to_stdout_is_a_usage_error(server: str) -> None:
+    code, out, err = invoke("tiny", "-s", server, "--report", "-")
+    assert code == 2
+    assert out == ""
+    assert "stdout" in err
