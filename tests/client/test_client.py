@@ -25,6 +25,8 @@ from export_client._metadata import DownloadInfo
 from export_client._report import warnings
 from export_client._retry import RetryPolicy
 
+from .memory import MemorySource
+
 BASE = "http://server.test"
 HEADER = b"patient_id,event_time,event_type,value\n"
 BODIES = {
@@ -308,3 +310,24 @@ async def test_metadata_of_another_download_is_refused(mocked: aioresponses) -> 
 def test_a_server_that_is_not_an_http_url_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         ExportClient("localhost:8000")
+
+
+# Any ExportSource in place of HTTP
+
+
+async def test_a_source_in_memory_counts_like_the_network() -> None:
+    source = MemorySource(dict(BODIES))
+    async with ExportClient(source=source, threads=1) as client:
+        report = await client.count("demo")
+    assert as_plain(report) == EXPECTED
+    assert source.opened == ["d1", "d2"]
+
+
+async def test_a_source_s_retryable_failure_is_retried_without_double_counting() -> None:
+    source = MemorySource(dict(BODIES), failures={"d1": [BODIES["d1"][:60]]})
+    retry = RetryPolicy(retries=1, base_delay=0.001)
+    async with ExportClient(source=source, retry=retry) as client:
+        report = await client.count("demo")
+    assert as_plain(report) == EXPECTED
+    assert report.downloads[0].attempts == 2
+    assert source.opened.count("d1") == 2
