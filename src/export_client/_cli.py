@@ -1,4 +1,4 @@
-"""`cli`: count an export's records from the command line."""
+"""`cli`: count an export's records from the command line, a thin shell over `ExportClient`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import os
 import sys
 import traceback
 from contextlib import AbstractContextManager, nullcontext
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import orjson
 import typer
 
 # Typer vendors Click (as typer._click) and re-exports only some of its exceptions;
 # the base classes are needed to report every usage error on one line.
+from typer._click.core import ParameterSource
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperCommand
 
-from . import __version__
 from ._client import ExportClient
 from ._counting import COUNTING_CORE
 from ._defaults import (
@@ -30,26 +30,46 @@ from ._defaults import (
     DEFAULT_TIMEOUT,
 )
 from ._exceptions import ExportClientError, ServerUnreachableError, UnknownExportError
-from ._http import check_server_url
+from ._formats import render
 from ._mock import mock_server
+from ._options import (
+    Backoff,
+    Concurrency,
+    ExportArgument,
+    ExportOption,
+    Format,
+    FormatOption,
+    ListOption,
+    Mock,
+    OutputFile,
+    Quiet,
+    ReportFile,
+    Retries,
+    Server,
+    SpeedLimit,
+    SpeedTime,
+    Strict,
+    Threads,
+    TimeOption,
+    Timeout,
+    Verbose,
+    Version,
+)
 from ._output import Output, OutputError
 from ._report import details, summary, warnings
 from ._results import ExportReport
 from ._retry import RetryPolicy
 from ._signals import resume_interrupts, stop_message
-from ._terminal import progress_for
+from ._terminal import clean, progress_for
 
-SERVER_ENV = "EXPORT_SERVER_URL"
+# "\b" keeps click from rewrapping the paragraph that follows it.
+EXAMPLES = """Examples:
 
-EXAMPLES = """
-Examples:
-
+\b
   cli demo --mock              count `demo` on a mock server started for this run
-
-  cli small -s http://localhost:8000 -o small.json -t
-
+  cli small -o counts.json -t  to a file, with a summary line on stderr
+  cli small --format table     a table for people; --format csv for spreadsheets
   cli --list                   the exports a server offers (JSON)
-
   cli large --list             the downloads of `large` with their metadata
 """
 
@@ -62,8 +82,8 @@ class OneLineErrors(TyperCommand):
         try:
             code = super().main(*args, **kwargs)
         except ClickException as error:
-            hint = " (see cli --help)" if isinstance(error, UsageError) else ""
-            typer.echo(f"error: {error.format_message()}{hint}", err=True)
+            hint = f" (see {self.name} --help)" if isinstance(error, UsageError) else ""
+            typer.echo(f"error: {clean(error.format_message(), 2000)}{hint}", err=True)
             sys.exit(error.exit_code)
         except typer.Abort as abort:
             message, code = stop_message(abort)
@@ -82,180 +102,59 @@ class OneLineErrors(TyperCommand):
             raise typer.Exit(code) from None
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-def _server_url(value: str) -> str:
-    try:
-        check_server_url(value)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-    return value
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"cli {__version__} (counting core: {COUNTING_CORE})")
-        raise typer.Exit()
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no rich import, no boxes
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 @app.command(cls=OneLineErrors, epilog=EXAMPLES)
 def cli(
-    export_id: Annotated[
-        str | None, typer.Argument(help="The export to count (demo, small, large, ...).")
-    ] = None,
-    export_option: Annotated[
-        str | None,
-        typer.Option(
-            "-e", "--export_id", help="The export to count, as an option.", show_default=False
-        ),
-    ] = None,
-    server: Annotated[
-        str,
-        typer.Option(
-            "-s",
-            "--server",
-            envvar=SERVER_ENV,
-            callback=_server_url,
-            help="Base URL of the export server.",
-        ),
-    ] = DEFAULT_SERVER,
-    mock: Annotated[
-        bool,
-        typer.Option(
-            "--mock", help="Start the project's own server on a free loopback port for this run."
-        ),
-    ] = False,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "-o",
-            "--output",
-            metavar="FILE",
-            help="Write the JSON to FILE instead of stdout: a regular file is replaced "
-            "atomically (through a symlink, its target), a device or FIFO written in place; "
-            "- is stdout.",
-            show_default=False,
-        ),
-    ] = None,
-    report_file: Annotated[
-        str | None,
-        typer.Option(
-            "--report",
-            metavar="FILE",
-            help="Also write the run's report to FILE as JSON: rows, bytes, seconds, retries, "
-            "and every download's figures (for scripts and benchmarks).",
-            show_default=False,
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option("-c", "--concurrency", min=1, help="Downloads streamed at once.")
-    ] = DEFAULT_CONCURRENCY,
-    retries: Annotated[
-        int,
-        typer.Option(
-            "--retries", min=0, help="Retries per request and per download after a failure."
-        ),
-    ] = DEFAULT_RETRIES,
-    backoff: Annotated[
-        float,
-        typer.Option(
-            "--backoff",
-            min=0.0,
-            help="Seconds before the first retry, doubling for each next one (with jitter); "
-            "a server's Retry-After takes precedence.",
-        ),
-    ] = DEFAULT_BACKOFF,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout", min=0.001, help="Seconds to wait for a connection or for the next bytes."
-        ),
-    ] = DEFAULT_TIMEOUT,
-    speed_limit: Annotated[
-        float,
-        typer.Option(
-            "--speed-limit",
-            min=0.0,
-            help="Bytes per second below which a stream counts as too slow (see --speed-time); "
-            "0 turns the floor off.",
-        ),
-    ] = DEFAULT_SPEED_LIMIT,
-    speed_time: Annotated[
-        float,
-        typer.Option(
-            "--speed-time",
-            min=0.001,
-            help="Seconds a stream may stay below --speed-limit before it is abandoned and "
-            "retried.",
-        ),
-    ] = DEFAULT_SPEED_TIME,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads",
-            min=1,
-            help="Threads that count blocks. Default: one per core.",
-            show_default=False,
-        ),
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on any malformed row instead of skipping it.")
-    ] = False,
-    list_: Annotated[
-        bool,
-        typer.Option("--list", help="List the exports, or with an export id its downloads (JSON)."),
-    ] = False,
-    time_: Annotated[
-        bool, typer.Option("-t", "--time", help="Print a one-line summary with timing on stderr.")
-    ] = False,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "-q",
-            "--quiet",
-            help="No progress on stderr; warnings about the data (malformed rows, surprises) "
-            "are still printed.",
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "-d", "--verbose", help="Per-download details, malformed row examples, tracebacks."
-        ),
-    ] = False,
-    version: Annotated[
-        bool,
-        typer.Option(
-            "-v", "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
+    ctx: typer.Context,
+    export_id: ExportArgument = None,
+    export_option: ExportOption = None,
+    server: Server = DEFAULT_SERVER,
+    mock: Mock = False,
+    output: OutputFile = None,
+    format_: FormatOption = Format.json,
+    report_file: ReportFile = None,
+    concurrency: Concurrency = DEFAULT_CONCURRENCY,
+    retries: Retries = DEFAULT_RETRIES,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    speed_limit: SpeedLimit = DEFAULT_SPEED_LIMIT,
+    speed_time: SpeedTime = DEFAULT_SPEED_TIME,
+    threads: Threads = None,
+    strict: Strict = False,
+    list_: ListOption = False,
+    time_: TimeOption = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    version: Version = False,
 ) -> None:
-    """Count the records of an export per patient and event type, and print them as JSON.
+    """Count the records of an export per patient and event type.
 
-    Every download of the export is streamed concurrently, counted, and verified
-    against the row count its metadata announces; failed streams are retried.
-    The JSON goes to stdout (or --output); progress, warnings and errors go to stderr.
-    Exit codes: 0 success, 1 failure, 2 usage error (an unknown export included).
+    Every download of the export is streamed concurrently, counted, and verified against the
+    row count its metadata announces; failed streams are retried. The result goes to stdout
+    (or --output); progress, warnings and errors go to stderr.
+
+    Exit codes: 0 success; 1 failure (no result is printed and no file touched); 2 usage error,
+    an unknown export included; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
     resume_interrupts()  # deferred by the entry point while the imports ran
-    if export_id and export_option and export_id != export_option:
-        raise typer.BadParameter(
-            f"two different exports given: {export_id!r} and {export_option!r}",
-            param_hint="EXPORT_ID / --export_id",
-        )
-    chosen = export_id or export_option
-    if not chosen and not list_:
-        raise UsageError("Missing export id: give one, or --list to see them.")
+    chosen = _chosen_export(export_id, export_option, list_)
+    if mock and ctx.get_parameter_source("server") == ParameterSource.COMMANDLINE:
+        raise UsageError("--mock starts its own server: give --mock or --server, not both.")
     try:
         # Before anything is downloaded: a result that cannot be written is not worth making.
-        destination = Output.at(output) if output is not None else None
+        destination = Output.at(output) if output is not None else Output.at("-")
         report_destination = Output.at(report_file) if report_file is not None else None
     except OutputError as error:
         raise UsageError(str(error)) from None
-    if report_file == "-" or (report_destination and report_destination.descriptor == 1):
+    if report_destination is not None and report_destination.descriptor == 1:
         raise UsageError("--report cannot go to stdout, which carries the result.")
-    progress = progress_for(sys.stderr, quiet=quiet, label=chosen or "")
     if verbose:
         typer.echo(f"counting core: {COUNTING_CORE}", err=True)
     server_context: AbstractContextManager[str] = (
@@ -272,13 +171,13 @@ def cli(
                 speed_time=speed_time,
                 strict=strict,
                 threads=threads,
-                progress=progress,
+                progress=progress_for(sys.stderr, quiet=quiet, label=chosen or ""),
             )
             if list_:
-                listing = asyncio.run(_listing(client, chosen))
-            else:
-                assert chosen is not None
-                report = asyncio.run(_count(client, chosen))
+                _emit(asyncio.run(_listing(client, chosen)), destination)
+                return
+            assert chosen is not None
+            report = asyncio.run(_count(client, chosen))
     except UnknownExportError as error:
         _fail(error, verbose, code=2)
     except ServerUnreachableError as error:
@@ -288,13 +187,19 @@ def cli(
         _fail(error, verbose, code=1)
     except Exception as error:
         _fail(error, verbose, code=1, bug=True)
-    if list_:
-        _emit(listing, destination)
-    else:
-        _present(report, output=destination, time_=time_, verbose=verbose)
-        if report_destination is not None:
-            document = {**report.to_dict(), "counting_core": COUNTING_CORE}
-            _emit(orjson.dumps(document, option=orjson.OPT_INDENT_2), report_destination)
+    _present(report, destination, format_.value, time_=time_, verbose=verbose)
+    if report_destination is not None:
+        document = {**report.to_dict(), "counting_core": COUNTING_CORE}
+        _emit(orjson.dumps(document, option=orjson.OPT_INDENT_2), report_destination)
+
+
+def _chosen_export(argument: str | None, option: str | None, listing: bool) -> str | None:
+    if argument and option and argument != option:
+        raise UsageError(f"Two different exports given: {argument!r} and {option!r}.")
+    chosen = argument or option
+    if not chosen and not listing:
+        raise UsageError("Missing export id: give one, or --list to see them.")
+    return chosen
 
 
 async def _count(client: ExportClient, export_id: str) -> ExportReport:
@@ -316,47 +221,51 @@ async def _listing(client: ExportClient, export_id: str | None) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-def _present(report: ExportReport, *, output: Output | None, time_: bool, verbose: bool) -> None:
+def _present(
+    report: ExportReport, output: Output, format_name: str, *, time_: bool, verbose: bool
+) -> None:
     # Warnings say the result is not all the data: never silenced, not even by --quiet.
     for warning in warnings(report):
         typer.echo(f"warning: {warning}", err=True)
     if verbose:
         for line in details(report):
             typer.echo(line, err=True)
-    _emit(report.to_json(), output)
+    _emit(render(report, format_name), output)
     if time_:
         typer.echo(summary(report), err=True)
 
 
-def _emit(document: bytes, output: Output | None) -> None:
+def _emit(document: bytes, output: Output) -> None:
     try:
-        (output or Output.at("-")).write(document)
+        output.write(document)
     except BrokenPipeError:
-        # The reader left (`cli ... | head`): nothing more to tell it, and no traceback
-        # from the interpreter's own flush at exit either.
+        # The reader left (`cli ... | head`): nothing more to tell it. Quietly, as other
+        # tools end, and without a traceback from the interpreter's own flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
     except OSError as error:
-        where = output.path if output is not None else "stdout"
-        _fail(ExportClientError(f"Cannot write {where}: {error.strerror}."), False, code=1)
+        if output.descriptor == 1:  # stdout closed (`cli demo >&-`): nowhere to say more
+            raise typer.Exit(1) from None
+        _fail(ExportClientError(f"Cannot write {output.path}: {error.strerror}."), False, code=1)
 
 
 def _fail(
-    error: BaseException | None,
+    error: BaseException,
     verbose: bool,
     *,
     code: int,
     bug: bool = False,
     message: str | None = None,
 ) -> NoReturn:
-    if verbose and error is not None:
+    if verbose:
         traceback.print_exception(error, file=sys.stderr)
     if message is None:
         if bug:
             message = f"unexpected {type(error).__name__}: {error} (run with --verbose for details)"
         else:
             message = str(error)
-    typer.echo(f"error: {message}", err=True)
+    # Messages quote the server's words: its control characters must not reach the terminal.
+    typer.echo(f"error: {clean(message, 2000)}", err=True)
     raise typer.Exit(code)
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -74,6 +75,8 @@ class Output:
         if self.descriptor in (1, 2):
             # Through Python's own stream, which may not be the descriptor itself (tests).
             stream = sys.stdout if self.descriptor == 1 else sys.stderr
+            if stream is None:  # the process was started with it closed
+                raise OSError(errno.EBADF, "the descriptor is closed")
             stream.flush()
             stream.buffer.write(data)
             stream.buffer.flush()

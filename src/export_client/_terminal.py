@@ -1,16 +1,21 @@
-"""Progress for people, on stderr: a line that updates itself on a terminal, else one line
-per event."""
+"""Progress for people, on stderr: a rich display on a terminal, one plain line per event else.
+
+rich is imported only when stderr is a terminal: a run in a pipe or a log does not pay for it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._metadata import DownloadInfo
 from ._progress import NoProgress, ProgressListener, Retry
 
-__all__ = ["PlainProgress", "TerminalProgress", "clean", "progress_for"]
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+__all__ = ["PlainProgress", "RichProgress", "clean", "progress_for"]
 
 _SHOWN_CHARS = 80
 
@@ -27,7 +32,7 @@ def progress_for(stream: TextIO, *, quiet: bool, label: str = "") -> ProgressLis
     if quiet:
         return NoProgress()
     if stream.isatty():
-        return TerminalProgress(stream)
+        return RichProgress(stream, label=label)
     return PlainProgress(stream)
 
 
@@ -46,72 +51,105 @@ def retry_line(retry: Retry) -> str:
     return f"retrying {clean(retry.what)} in {retry.delay:.1f}s: {clean(retry.reason, 300)}"
 
 
-class TerminalProgress(NoProgress):
-    """One self-updating line on a terminal: rows of the announced total, rate, time left."""
+class RichProgress(NoProgress):
+    """A transient rich display: a spinner while discovering, then a bar of the rows announced,
+    the bytes and their rate, a smoothed time left, downloads done and in flight; retries are
+    printed above it."""
 
-    def __init__(self, stream: TextIO, *, interval: float = 0.2) -> None:
-        self._stream = stream
-        self._interval = interval
+    def __init__(self, stream: TextIO, *, label: str = "", width: int | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        # A given width is for tests, which draw on a string as if on a terminal.
+        self._console = Console(
+            file=stream, highlight=False, force_terminal=True if width else None, width=width
+        )
+        width = self._console.width
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        columns += [BarColumn(bar_width=None if width >= 100 else 10), TaskProgressColumn()]
+        columns.append(TextColumn("{task.fields[rows]}"))
+        if width >= 80:
+            columns.append(TextColumn("{task.fields[transfer]}"))
+        columns.append(TimeRemainingColumn())
+        if width >= 100:
+            columns.append(TextColumn("{task.fields[downloads]}"))
+        self._progress: Progress = Progress(
+            *columns,
+            console=self._console,
+            transient=True,
+            refresh_per_second=4,
+            speed_estimate_period=10,
+        )
+        self._label = clean(label, 20)
+        self._task: TaskID | None = None
         self._total = 0
         self._rows = 0
-        self._in_flight: set[str] = set()
-        self._retries = 0
-        self._started_at = time.monotonic()
-        self._drawn_at = 0.0
-        self._width = 0
+        self._bytes = 0
+        self._downloads = 0
+        self._done = 0
+        self._in_flight = 0
+        self._rate = 0.0  # bytes per second, smoothed
+        self._rate_at = (time.monotonic(), 0)
+
+    def discovering(self) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(
+            f"{self._label} discovering".strip(), total=None, rows="", transfer="", downloads=""
+        )
 
     def started(self, downloads: Sequence[DownloadInfo]) -> None:
         self._total = sum(download.rows for download in downloads)
-        self._started_at = time.monotonic()
-        self._draw(force=True)
+        self._downloads = len(downloads)
+        if self._task is None:
+            self.discovering()
+        assert self._task is not None
+        self._progress.update(self._task, description=self._label, total=self._total)
+        self._refresh()
 
     def download_started(self, download_id: str) -> None:
-        self._in_flight.add(download_id)
+        self._in_flight += 1
+
+    def received(self, download_id: str, nbytes: int) -> None:
+        self._bytes += nbytes
 
     def counted(self, download_id: str, rows: int) -> None:
         self._rows += rows
-        self._draw()
+        self._refresh()
 
     def retrying(self, retry: Retry) -> None:
         self._rows -= retry.rows
-        self._retries += 1
-        self._clear()
-        self._stream.write(f"{retry_line(retry)}\n")
-        self._draw(force=True)
+        self._bytes -= retry.nbytes
+        self._progress.console.print(retry_line(retry), markup=False, highlight=False)
+        self._refresh()
 
     def download_finished(self, download_id: str) -> None:
-        self._in_flight.discard(download_id)
-        self._draw()
+        self._in_flight -= 1
+        self._done += 1
+        self._refresh()
 
     def finished(self) -> None:
-        self._clear()
+        self._progress.stop()
 
-    def _draw(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._drawn_at < self._interval:
+    def _refresh(self) -> None:
+        if self._task is None:
             return
-        self._drawn_at = now
-        elapsed = max(now - self._started_at, 1e-9)
-        rate = self._rows / elapsed
-        share = self._rows / self._total if self._total else 1.0
-        left = (self._total - self._rows) / rate if rate > 0 else float("inf")
-        eta = f"{left:.0f}s left" if left != float("inf") else "--"
-        line = (
-            f"{self._rows:,} / {self._total:,} rows ({share:.0%})  {rate:,.0f} rows/s  "
-            f"{eta}  {_plural(len(self._in_flight), 'download')} in flight"
+        now = time.monotonic()
+        then, before = self._rate_at
+        if now - then >= 0.5:
+            rate = (self._bytes - before) / (now - then)
+            self._rate = rate if not self._rate else 0.7 * self._rate + 0.3 * rate
+            self._rate_at = (now, self._bytes)
+        self._progress.update(
+            self._task,
+            completed=self._rows,
+            rows=f"{self._rows:,}/{self._total:,} rows",
+            transfer=f"{self._bytes / 1e6:,.0f} MB {self._rate / 1e6:,.0f} MB/s",
+            downloads=f"{self._done}/{self._downloads} done, {self._in_flight} in flight",
         )
-        if self._retries:
-            line += f"  {_plural(self._retries, 'retry', 'retries')}"
-        self._stream.write("\r" + line.ljust(self._width))
-        self._stream.flush()
-        self._width = len(line)
-
-    def _clear(self) -> None:
-        if self._width:
-            self._stream.write("\r" + " " * self._width + "\r")
-            self._stream.flush()
-            self._width = 0
-
-
-def _plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count:,} {one if count == 1 else many or one + 's'}"

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import pty
+import re
 import stat
+import struct
+import subprocess
+import sys
+import termios
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +23,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from export_client._cli import SERVER_ENV, app
+from export_client._cli import app
+from export_client._options import SERVER_ENV
 from export_server import Catalog, ExportSpec, FaultConfig, generate_body, running_server
 
 from .hostile import hostile_server
@@ -405,3 +413,188 @@ def test_report_to_stdout_is_a_usage_error(server: str) -> None:
     assert code == 2
     assert out == ""
     assert "stdout" in err
+
+
+# The CLI as people meet it: formats, conventions, terminals, closed outputs
+
+
+def test_csv_format_is_one_sorted_row_per_pair(server: str) -> None:
+    code, out, err = invoke("tiny", "-s", server, "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["patient_id", "event_type", "count"]
+    assert rows[1:] == sorted(rows[1:])
+    expected = json.loads(expected_json("tiny"))
+    assert {(p, t): int(n) for p, t, n in rows[1:]} == {
+        (p, t): n for p, types in expected["patients"].items() for t, n in types.items()
+    }
+
+
+def test_table_format_has_patients_down_types_across_and_totals(server: str) -> None:
+    code, out, err = invoke("tiny", "-s", server, "-f", "table")
+    assert code == 0, err
+    expected = json.loads(expected_json("tiny"))
+    lines = out.splitlines()
+    header = next(line for line in lines if "patient" in line and "heart_rate" in line)
+    assert header.split() == ["patient", *sorted(expected["totals"])]
+    total = next(line for line in lines if line.strip().startswith("total"))
+    assert total.split()[1:] == [f"{expected['totals'][t]:,}" for t in sorted(expected["totals"])]
+    for patient in expected["patients"]:
+        assert any(line.split()[:1] == [patient] for line in lines)
+
+
+def test_an_unknown_format_is_a_usage_error(server: str) -> None:
+    code, _, err = invoke("tiny", "-s", server, "--format", "xml")
+    assert code == 2
+    assert err.startswith("error: ")
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_has_both_spellings_and_no_bool_noise(flag: str) -> None:
+    result = runner.invoke(app, [flag], terminal_width=100)
+    assert result.exit_code == 0
+    assert "Usage: cli" in result.stdout
+    assert "<bool>" not in result.stdout
+    assert "--no-" not in result.stdout
+    for option in ("--export-id", "--format", "--speed-limit", "--report", "--version"):
+        assert option in result.stdout
+
+
+def test_export_id_option_in_both_spellings(server: str) -> None:
+    for spelling in ("--export-id", "--export_id"):
+        code, out, err = invoke(spelling, "other", "-s", server)
+        assert code == 0, err
+        assert out == expected_json("other") + "\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--timeout", "inf"],
+        ["--timeout", "nan"],
+        ["--backoff", "inf"],
+        ["--speed-limit", "nan"],
+        ["--speed-time", "0"],
+        ["-c", "0"],
+        ["--retries", "-1"],
+        ["-s", "http://localhost:99999"],
+        ["-s", "http://localhost:0"],
+        ["-s", "ftp://localhost:8000"],
+        ["-s", "http://localhost:8000/?x=1"],
+        ["-s", "http://localhost:8000/#top"],
+        ["-s", "http:///nohost"],
+        ["--mock", "-s", "http://localhost:8000"],
+    ],
+)
+def test_values_it_cannot_use_are_usage_errors_before_any_request(args: list[str]) -> None:
+    with hostile_server({}) as recorder:
+        env = {SERVER_ENV: recorder.url}
+        code, out, err = invoke("tiny", *args, env=env)
+        assert recorder.requests == []
+    assert code == 2, err
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
+
+
+def test_a_path_prefix_in_the_server_url_is_fine() -> None:
+    code, _, err = invoke(
+        "--list", "-s", "http://127.0.0.1:9/behind/a/proxy/", "-q", "--retries", "0"
+    )
+    assert code == 1  # nothing listens there; the URL itself was accepted
+    assert "Cannot reach" in err
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(server: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "export_client", "tiny", "-s", server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # as `| head` does once it has what it wants
+    with process.stderr:
+        err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert err == ""
+
+
+def test_a_closed_stdout_ends_the_run_quietly(server: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "export_client", "tiny", "-s", server],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr == ""
+
+
+def _screen(raw: str, columns: int) -> list[str]:
+    """What a terminal `columns` wide shows after `raw`: enough of one to check the display."""
+    lines = [""]
+    row = 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]", raw):
+        if token == "\n":
+            row += 1
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r":
+            lines[row] = ""  # rich redraws a whole line after a carriage return
+        elif token.startswith("\x1b["):
+            if token.endswith("A"):
+                row = max(0, row - int(token[2:-1] or 1))
+            elif token == "\x1b[2K":
+                lines[row] = ""
+        else:
+            lines[row] += token
+            assert len(lines[row]) <= columns, f"a line wider than the terminal: {lines[row]!r}"
+    return lines
+
+
+def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> None:
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "export_client", "tiny", "-s", slow_server],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        env={**env, "TERM": "xterm"},
+    )
+    os.close(secondary)
+    shown = bytearray()
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the other end is closed: the run is over
+            break
+        if not data:
+            break
+        shown += data
+    out, _ = process.communicate(timeout=60)
+    os.close(primary)
+    assert process.returncode == 0
+    assert out.decode() == expected_json("tiny") + "\n"
+    raw = shown.decode()
+    assert "rows" in raw  # the display was drawn
+    screen = _screen(raw.replace("\r\n", "\n"), 60)
+    assert [line for line in screen if line.strip()] == []  # and is gone at the end
+
+
+def test_rich_is_not_imported_when_stderr_is_not_a_terminal(server: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "export_client", "tiny", "-s", server],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "export_client._client" in imported
+    assert not [name for name in imported if name.split(".")[0] == "rich"]

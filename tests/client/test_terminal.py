@@ -1,62 +1,65 @@
-"""Progress for people: the terminal line, and plain lines elsewhere."""
+"""Progress for people: the rich display on a terminal, plain lines elsewhere."""
 
 from __future__ import annotations
 
 import io
+import re
 
 from export_client._metadata import DownloadInfo
-from export_client._progress import Retry
-from export_client._terminal import PlainProgress, TerminalProgress, clean
+from export_client._progress import NoProgress, Retry
+from export_client._terminal import PlainProgress, RichProgress, clean, progress_for
 
 
 def info(name: str, rows: int) -> DownloadInfo:
     return DownloadInfo(name, rows, ("P1",), ("t",), "", "")
 
 
-def test_shows_rows_of_the_announced_total_and_downloads_in_flight() -> None:
+def screen_text(screen: io.StringIO) -> str:
+    """What the terminal shows, without the escape sequences that move the cursor."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+
+
+def test_the_display_shows_rows_of_the_announced_total_and_downloads() -> None:
     screen = io.StringIO()
-    progress = TerminalProgress(screen, interval=0)
+    progress = RichProgress(screen, label="small", width=160)
+    progress.discovering()
     progress.started([info("a", 600), info("b", 400)])
     progress.download_started("a")
     progress.download_started("b")
+    progress.received("a", 2_000_000)
     progress.counted("a", 250)
-    last = screen.getvalue().split("\r")[-1]
-    assert "250 / 1,000 rows (25%)" in last
-    assert "2 downloads in flight" in last
-    assert "rows/s" in last
-    assert "left" in last
+    progress.download_finished("a")
+    progress._progress.refresh()
+    text = screen_text(screen)
+    assert "250/1,000 rows" in text
+    assert "25%" in text
+    assert "MB" in text
+    assert "1/2 done, 1 in flight" in text
+    progress.finished()
 
 
-def test_a_retry_takes_back_its_rows_and_is_reported_on_its_own_line() -> None:
+def test_a_retry_takes_back_its_rows_and_is_printed_above() -> None:
     screen = io.StringIO()
-    progress = TerminalProgress(screen, interval=0)
+    progress = RichProgress(screen, width=160)
     progress.started([info("a", 100)])
     progress.download_started("a")
     progress.counted("a", 60)
     progress.retrying(Retry("download a", "the stream broke", 0.5, "a", 60, 1000))
-    text = screen.getvalue()
-    assert "retrying download a in 0.5s: the stream broke\n" in text
-    assert "0 / 100 rows" in text.split("\r")[-1]
-    assert "1 retry" in text.split("\r")[-1]
-
-
-def test_finished_clears_the_line() -> None:
-    screen = io.StringIO()
-    progress = TerminalProgress(screen, interval=0)
-    progress.started([info("a", 10)])
+    progress._progress.refresh()
+    text = screen_text(screen)
+    assert "retrying download a in 0.5s: the stream broke" in text
+    assert "0/100 rows" in text.rsplit("retrying", 1)[1]
     progress.finished()
-    assert screen.getvalue().endswith("\r")
-    assert screen.getvalue().split("\r")[-2].strip() == ""
 
 
-def test_redraws_are_throttled() -> None:
+def test_the_display_goes_at_the_end() -> None:
     screen = io.StringIO()
-    progress = TerminalProgress(screen, interval=3600)
+    progress = RichProgress(screen, width=100)
     progress.started([info("a", 10)])
-    drawn = screen.getvalue()
-    for _ in range(100):
-        progress.counted("a", 0)
-    assert screen.getvalue() == drawn
+    progress.counted("a", 10)
+    progress.finished()
+    # transient: the last thing drawn moves up over the display's line and erases it
+    assert screen.getvalue().endswith("\x1b[1A\x1b[2K")
 
 
 def test_plain_progress_prints_one_line_per_retry() -> None:
@@ -64,6 +67,11 @@ def test_plain_progress_prints_one_line_per_retry() -> None:
     progress = PlainProgress(stream)
     progress.retrying(Retry("the export list", "GET ... answered 503", 0.25))
     assert stream.getvalue() == "retrying the export list in 0.2s: GET ... answered 503\n"
+
+
+def test_which_progress_a_run_gets() -> None:
+    assert isinstance(progress_for(io.StringIO(), quiet=False), PlainProgress)
+    assert isinstance(progress_for(io.StringIO(), quiet=True), NoProgress)
 
 
 def test_text_from_the_server_is_escaped_and_shortened() -> None:
