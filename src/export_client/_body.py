@@ -18,6 +18,7 @@ from ._defaults import DEFAULT_MAX_LINE_BYTES
 from ._exceptions import CsvFormatError
 from ._layout import BOM, CsvLayout
 from ._lines import LineSplitter, Piece, first_record_end
+from ._stats import Statistics
 
 __all__ = ["BodyCount", "BodyEnd", "BodyReader", "count_body", "count_end"]
 
@@ -43,8 +44,12 @@ class BodyEnd:
 class BodyReader:
     """Cuts a CSV body, fed chunk by chunk, into its layout and pieces of complete data records."""
 
-    def __init__(self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+    def __init__(
+        self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, stats: Statistics | None = None
+    ) -> None:
         self._splitter = LineSplitter(max_line_bytes=max_line_bytes)
+        # With statistics, the header must name the time and value columns too.
+        self.stats = stats
         self.layout: CsvLayout | None = None
         # Bytes before the first 3 are seen: a UTF-8 BOM may be split across chunks.
         self._head: bytes | None = b""
@@ -108,7 +113,7 @@ class BodyReader:
         if start:
             block = block[start:]
         end = first_record_end(block)
-        self.layout = CsvLayout.from_header(block[:end])
+        self.layout = CsvLayout.from_header(block[:end], stats=self.stats is not None)
         return block[end:]
 
 
@@ -123,9 +128,9 @@ def count_end(reader: BodyReader, total: BlockCount) -> str | None:
     if reader.layout is None:
         return end.incomplete
     if end.records:
-        total.merge(count_block(end.records, reader.layout))
+        total.merge(count_block(end.records, reader.layout, reader.stats))
     if end.last:
-        last = count_block(end.last, reader.layout)
+        last = count_block(end.last, reader.layout, reader.stats)
         total.merge(last)
         if last.malformed:
             return (
@@ -145,14 +150,18 @@ class BodyCount:
 
 
 def count_body(
-    chunks: Iterable[bytes], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    chunks: Iterable[bytes],
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    stats: Statistics | None = None,
 ) -> BodyCount:
-    """Counts a whole body, chunk by chunk, in this thread; CsvFormatError if it is not CSV."""
-    reader = BodyReader(max_line_bytes=max_line_bytes)
+    """Counts a whole body, chunk by chunk, in this thread (with `stats`, statistics too);
+    CsvFormatError if it is not CSV that can be counted."""
+    reader = BodyReader(max_line_bytes=max_line_bytes, stats=stats)
     total = BlockCount()
     for chunk in chunks:
         for piece in reader.feed(chunk):
             assert reader.layout is not None  # data records come only after the header
-            total.merge(count_block(piece, reader.layout))
+            total.merge(count_block(piece, reader.layout, stats))
     incomplete = count_end(reader, total)
     return BodyCount(total, reader.layout, incomplete)

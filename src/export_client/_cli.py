@@ -41,6 +41,7 @@ from ._options import (
     FormatOption,
     ListOption,
     Mock,
+    NormalRange,
     OutputFile,
     Quiet,
     ReportFile,
@@ -48,6 +49,7 @@ from ._options import (
     Server,
     SpeedLimit,
     SpeedTime,
+    StatsOption,
     Strict,
     Threads,
     TimeOption,
@@ -60,6 +62,7 @@ from ._report import details, summary, warnings
 from ._results import ExportReport
 from ._retry import RetryPolicy
 from ._signals import resume_interrupts, stop_message
+from ._stats import parse_range
 from ._terminal import clean, progress_for
 
 # "\b" keeps click from rewrapping the paragraph that follows it.
@@ -89,6 +92,11 @@ class OneLineErrors(TyperCommand):
             message, code = stop_message(abort)
             typer.echo(f"error: {message}", err=True)
             sys.exit(code)
+        except Exception as error:  # a bug, in parsing or presenting: still one line
+            if {"-d", "--verbose"} & set(sys.argv[1:]):
+                traceback.print_exception(error, file=sys.stderr)
+            typer.echo(f"error: unexpected {type(error).__name__}: {error}", err=True)
+            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
@@ -128,6 +136,8 @@ def cli(
     speed_time: SpeedTime = DEFAULT_SPEED_TIME,
     threads: Threads = None,
     strict: Strict = False,
+    stats: StatsOption = False,
+    normal_range: NormalRange = None,
     list_: ListOption = False,
     time_: TimeOption = False,
     quiet: Quiet = False,
@@ -145,6 +155,8 @@ def cli(
     """
     resume_interrupts()  # deferred by the entry point while the imports ran
     chosen = _chosen_export(export_id, export_option, list_)
+    if normal_range and not stats:
+        raise UsageError("--normal-range needs --stats.")
     if mock and ctx.get_parameter_source("server") == ParameterSource.COMMANDLINE:
         raise UsageError("--mock starts its own server: give --mock or --server, not both.")
     try:
@@ -170,6 +182,8 @@ def cli(
                 speed_limit=speed_limit,
                 speed_time=speed_time,
                 strict=strict,
+                stats=stats,
+                normal_ranges=dict(map(parse_range, normal_range or [])),
                 threads=threads,
                 progress=progress_for(sys.stderr, quiet=quiet, label=chosen or ""),
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -28,6 +28,7 @@ from ._progress import NoProgress, ProgressListener, Retry
 from ._results import ExportReport
 from ._retry import GaveUp, Retryable, RetryPolicy, retrying
 from ._source import ExportSource, Unreachable
+from ._stats import Number, Statistics
 
 __all__ = ["ExportClient", "count_export"]
 
@@ -44,7 +45,9 @@ class ExportClient:
         print(report.to_json().decode())
 
     `source` replaces HTTP with any `ExportSource` (an in-memory API in tests, say); `retry`
-    says how failed requests and downloads are retried.
+    says how failed requests and downloads are retried. With `stats`, each patient and event
+    type gets count, mean, min, max, anomalies (outside `DEFAULT_NORMAL_RANGES`, which
+    `normal_ranges` extends or overrides) and latency too.
     """
 
     def __init__(
@@ -59,6 +62,8 @@ class ExportClient:
         speed_time: float = DEFAULT_SPEED_TIME,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         strict: bool = False,
+        stats: bool = False,
+        normal_ranges: Mapping[str, tuple[Number, Number]] | None = None,
         threads: int | None = None,
         progress: ProgressListener | None = None,
     ) -> None:
@@ -79,8 +84,14 @@ class ExportClient:
         self.concurrency = concurrency
         self.policy = retry or RetryPolicy()
         self.timeout = timeout
+        for event_type, (low, high) in (normal_ranges or {}).items():
+            if low > high:
+                raise ValueError(f"the normal range of {event_type!r} has low above high")
         self.options = StreamOptions(
-            max_line_bytes=max_line_bytes, speed_limit=speed_limit, speed_time=speed_time
+            max_line_bytes=max_line_bytes,
+            speed_limit=speed_limit,
+            speed_time=speed_time,
+            stats=Statistics.of(normal_ranges) if stats else None,
         )
         self.strict = strict
         self.threads = threads
@@ -200,6 +211,8 @@ def count_export(
     speed_time: float = DEFAULT_SPEED_TIME,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     strict: bool = False,
+    stats: bool = False,
+    normal_ranges: Mapping[str, tuple[Number, Number]] | None = None,
     threads: int | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportReport:
@@ -216,6 +229,8 @@ def count_export(
             speed_time=speed_time,
             max_line_bytes=max_line_bytes,
             strict=strict,
+            stats=stats,
+            normal_ranges=normal_ranges,
             threads=threads,
             progress=progress,
         )

@@ -30,6 +30,7 @@ from ._progress import ProgressListener
 from ._results import DownloadResult
 from ._retry import Retryable
 from ._source import ExportSource
+from ._stats import Statistics
 
 __all__ = ["DownloadAttempt", "StreamOptions", "WrongBody"]
 
@@ -47,6 +48,7 @@ class StreamOptions:
     speed_time: float = DEFAULT_SPEED_TIME
     block_bytes: int = BLOCK_BYTES
     pending_blocks: int = PENDING_BLOCKS
+    stats: Statistics | None = None  # statistics too, not only counts
 
 
 class DownloadAttempt:
@@ -76,7 +78,7 @@ class DownloadAttempt:
         self._pool = pool
         self._options = options
         self._progress = progress
-        self._reader = BodyReader(max_line_bytes=options.max_line_bytes)
+        self._reader = BodyReader(max_line_bytes=options.max_line_bytes, stats=options.stats)
         self._total = BlockCount()
         self._pending: deque[asyncio.Future[BlockCount]] = deque()
 
@@ -125,7 +127,7 @@ class DownloadAttempt:
         # One large piece is counted where it lies; several small ones are cheaper to join
         # than to count one by one.
         block = batch[0] if len(batch) == 1 else b"".join(batch)
-        self._pending.append(self._pool.submit(block, layout))
+        self._pending.append(self._pool.submit(block, layout, self._options.stats))
         # A bounded queue of blocks in flight keeps memory flat however fast the network is
         # compared with the counting.
         while len(self._pending) > self._options.pending_blocks:

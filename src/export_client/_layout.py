@@ -10,6 +10,7 @@ from ._exceptions import CsvFormatError
 __all__ = ["BOM", "CsvLayout", "shown"]
 
 BOM = b"\xef\xbb\xbf"
+_COUNTED = ("patient_id", "event_type")
 _SHOWN_CHARS = 200
 
 
@@ -21,14 +22,19 @@ def shown(line: bytes) -> str:
 
 @dataclass(frozen=True)
 class CsvLayout:
-    """Where the counted columns are, as read from the CSV header."""
+    """Where the counted columns are, as read from the CSV header.
+
+    The time and value columns are looked for only for statistics (`stats=True`).
+    """
 
     field_count: int
     patient_index: int
     event_type_index: int
+    time_index: int | None = None
+    value_index: int | None = None
 
     @classmethod
-    def from_header(cls, header_line: bytes) -> CsvLayout:
+    def from_header(cls, header_line: bytes, *, stats: bool = False) -> CsvLayout:
         """Read the layout from the header record; CsvFormatError if a needed column is missing."""
         if header_line.startswith(BOM):
             header_line = header_line[len(BOM) :]
@@ -42,15 +48,16 @@ class CsvLayout:
             raise CsvFormatError(f"The CSV header {header!r} is not a single CSV record.")
         # Names are matched without surrounding spaces; values never are.
         names = [name.strip() for name in rows[0]]
+        wanted = ("patient_id", "event_type", "event_time", "value") if stats else _COUNTED
         indexes = []
-        for wanted in ("patient_id", "event_type"):
-            found = [i for i, name in enumerate(names) if name == wanted]
+        for column in wanted:
+            found = [i for i, name in enumerate(names) if name == column]
             if not found:
-                raise CsvFormatError(f"The CSV header {header!r} has no {wanted!r} column.")
+                raise CsvFormatError(f"The CSV header {header!r} has no {column!r} column.")
             if len(found) > 1:
-                raise CsvFormatError(f"The CSV header {header!r} has more than one {wanted!r}.")
+                raise CsvFormatError(f"The CSV header {header!r} has more than one {column!r}.")
             indexes.append(found[0])
-        return cls(field_count=len(names), patient_index=indexes[0], event_type_index=indexes[1])
+        return cls(len(names), *indexes)
 
 
 def _text_lines(text: str) -> list[str]:

@@ -14,6 +14,7 @@ import typer
 from . import __version__
 from ._counting import COUNTING_CORE
 from ._http import check_server_url
+from ._stats import parse_range
 
 __all__ = ["SERVER_ENV", "Format"]
 
@@ -233,5 +234,37 @@ Version = Annotated[
     bool,
     typer.Option(
         "-v", "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+]
+
+
+def _normal_range(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        try:
+            parse_range(value)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    return values
+
+
+StatsOption = Annotated[
+    bool,
+    typer.Option(
+        "--stats",
+        help="Statistics per patient and event type instead of counts: count, mean, min, max, "
+        "anomalies and latency.",
+    ),
+]
+
+
+NormalRange = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--normal-range",
+        metavar="TYPE=LO:HI",
+        callback=_normal_range,
+        help="With --stats: values of TYPE outside LO..HI are anomalies (repeatable; adds to or "
+        "overrides heart_rate=40:180, spo2=85:100, bp_sys=90:200, bp_dia=60:120).",
+        show_default=False,
     ),
 ]

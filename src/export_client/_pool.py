@@ -16,6 +16,7 @@ from ._counting import BlockCount, count_block
 from ._defaults import available_cores
 from ._layout import CsvLayout
 from ._lines import Piece
+from ._stats import Statistics
 
 __all__ = ["CountingPool"]
 
@@ -44,9 +45,11 @@ class CountingPool:
             # Blocks not started are dropped; one being counted takes milliseconds at most.
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, block: Piece, layout: CsvLayout) -> asyncio.Future[BlockCount]:
-        """Starts counting `block`; the future gives its count."""
+    def submit(
+        self, block: Piece, layout: CsvLayout, stats: Statistics | None = None
+    ) -> asyncio.Future[BlockCount]:
+        """Starts counting `block` (with `stats`, its statistics too); the future gives it."""
         if self._executor is None:
             raise RuntimeError("use CountingPool as an async context manager")
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, count_block, block, layout)
+        return loop.run_in_executor(self._executor, count_block, block, layout, stats)

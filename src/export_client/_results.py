@@ -10,14 +10,87 @@ from __future__ import annotations
 import builtins
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
-from ._counting import BlockCount
+from ._layout import shown
 from ._metadata import DownloadInfo
+from ._stats import GroupStats
 
-__all__ = ["DownloadResult", "ExportReport"]
+__all__ = ["MAX_MALFORMED_EXAMPLES", "BlockCount", "DownloadResult", "ExportReport"]
+
+MAX_MALFORMED_EXAMPLES = 5
+
+
+@dataclass
+class BlockCount:
+    """The counts of a block of lines, or merged, of many: a download's, say."""
+
+    pairs: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
+    rows: int = 0  # data rows seen, malformed included, blank lines excluded
+    malformed: int = 0
+    malformed_examples: list[str] = field(default_factory=list)
+    blank_lines: int = 0
+    # Statistics mode only: the accumulators of each (patient_id, event_type) group.
+    groups: dict[tuple[bytes, bytes], GroupStats] | None = None
+
+    def merge(self, other: BlockCount) -> None:
+        """Adds `other`'s counts to these (examples up to the first few); takes its groups."""
+        self.add_pairs(other.pairs)
+        if other.groups is not None:
+            self.add_groups(other.groups)
+        self.rows += other.rows
+        self.malformed += other.malformed
+        self.blank_lines += other.blank_lines
+        room = MAX_MALFORMED_EXAMPLES - len(self.malformed_examples)
+        if room > 0:
+            self.malformed_examples.extend(other.malformed_examples[:room])
+
+    def add_pairs(self, pairs: Mapping[tuple[bytes, bytes], int]) -> None:
+        own = self.pairs
+        for key, count in pairs.items():
+            own[key] = own.get(key, 0) + count
+
+    def add_groups(self, groups: Mapping[tuple[bytes, bytes], GroupStats]) -> None:
+        if self.groups is None:
+            self.groups = {}
+        own = self.groups
+        for key, group in groups.items():
+            mine = own.get(key)
+            if mine is None:
+                own[key] = group.copy()
+            else:
+                mine.merge(group)
+
+    def add_malformed(self, line: bytes) -> None:
+        self.malformed += 1
+        if len(self.malformed_examples) < MAX_MALFORMED_EXAMPLES:
+            self.malformed_examples.append(shown(line))
+
+    def decoded_pairs(self) -> dict[tuple[str, str], int]:
+        """The pairs with patient ids and event types decoded as UTF-8 (bad bytes replaced)."""
+        decoded: Counter[tuple[str, str]] = Counter()
+        for key, count in self.pairs.items():
+            decoded[_decoded(key)] += count
+        return dict(decoded)
+
+    def decoded_groups(self) -> dict[tuple[str, str], GroupStats] | None:
+        """The groups (statistics mode), their keys decoded as `decoded_pairs` does."""
+        if self.groups is None:
+            return None
+        decoded: dict[tuple[str, str], GroupStats] = {}
+        for key, group in self.groups.items():
+            name = _decoded(key)
+            if name in decoded:
+                decoded[name].merge(group)
+            else:
+                decoded[name] = group.copy()
+        return decoded
+
+
+def _decoded(key: tuple[bytes, bytes]) -> tuple[str, str]:
+    return key[0].decode("utf-8", errors="replace"), key[1].decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -34,6 +107,7 @@ class DownloadResult:
     unexpected_patients: tuple[str, ...] = ()
     """Patients counted that the download's metadata does not list."""
     unexpected_event_types: tuple[str, ...] = ()
+    stats: Mapping[tuple[str, str], GroupStats] | None = None  # statistics mode only
 
     @classmethod
     def of(
@@ -53,12 +127,17 @@ class DownloadResult:
             attempts=attempts,
             unexpected_patients=tuple(sorted(patients - set(info.patients))),
             unexpected_event_types=tuple(sorted(event_types - set(info.event_types))),
+            stats=counted.decoded_groups(),
         )
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """The verified counts of a whole export, sorted, with the figures of the run."""
+    """The verified counts of a whole export, sorted, with the figures of the run.
+
+    In statistics mode, `stats` has each patient's statistics per event type and
+    `type_stats` each event type's over all patients, both sorted like the counts.
+    """
 
     export_id: str
     patients: Mapping[str, Mapping[str, int]]
@@ -66,6 +145,8 @@ class ExportReport:
     downloads: tuple[DownloadResult, ...]
     seconds: float
     discovery_retries: int = 0
+    stats: Mapping[str, Mapping[str, GroupStats]] | None = None
+    type_stats: Mapping[str, GroupStats] | None = None
 
     @classmethod
     def of(
@@ -84,6 +165,7 @@ class ExportReport:
             for (patient, event_type), count in result.pairs.items():
                 by_patient.setdefault(patient, Counter())[event_type] += count
                 totals[event_type] += count
+        stats, type_stats = _merged_stats(results)
         return cls(
             export_id=export_id,
             patients={
@@ -93,6 +175,8 @@ class ExportReport:
             downloads=results,
             seconds=seconds,
             discovery_retries=discovery_retries,
+            stats=stats,
+            type_stats=type_stats,
         )
 
     @property
@@ -113,15 +197,29 @@ class ExportReport:
         return sum(download.malformed for download in self.downloads)
 
     def to_json(self) -> builtins.bytes:
-        """The result document: only the patients and the totals, indented, ending in "\\n"."""
-        document = {
-            "patients": {patient: dict(types) for patient, types in self.patients.items()},
-            "totals": dict(self.totals),
+        """The result document: the patients and the totals (counts, or in statistics mode
+        each group's figures), indented, ending in "\\n"."""
+        options = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+        if self.stats is None:
+            options |= orjson.OPT_SORT_KEYS  # a statistics group keeps its fields' order
+        return orjson.dumps(self.document(), option=options)
+
+    def document(self) -> dict[str, object]:
+        """The result as JSON-ready data, patients and event types sorted."""
+        if self.stats is None or self.type_stats is None:
+            return {
+                "patients": {patient: dict(types) for patient, types in self.patients.items()},
+                "totals": dict(self.totals),
+            }
+        return {
+            "patients": {
+                patient: {event_type: group.to_dict() for event_type, group in types.items()}
+                for patient, types in self.stats.items()
+            },
+            "totals": {
+                event_type: group.to_dict() for event_type, group in self.type_stats.items()
+            },
         }
-        return orjson.dumps(
-            document,
-            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE,
-        )
 
     def to_dict(self) -> dict[str, object]:
         """The whole report as JSON-ready data: the run's figures and every download's."""
@@ -146,6 +244,29 @@ class ExportReport:
                 }
                 for download in self.downloads
             ],
-            "patients": {patient: dict(types) for patient, types in self.patients.items()},
-            "totals": dict(self.totals),
+            **self.document(),
         }
+
+
+def _merged_stats(
+    results: tuple[DownloadResult, ...],
+) -> tuple[dict[str, dict[str, GroupStats]] | None, dict[str, GroupStats] | None]:
+    """Each patient's and each event type's statistics over all downloads, sorted."""
+    if not results or any(result.stats is None for result in results):
+        return None, None
+    by_patient: dict[str, dict[str, GroupStats]] = {}
+    by_type: dict[str, GroupStats] = {}
+    for result in results:
+        assert result.stats is not None
+        for (patient, event_type), group in result.stats.items():
+            for totals, name in (
+                (by_patient.setdefault(patient, {}), event_type),
+                (by_type, event_type),
+            ):
+                mine = totals.get(name)
+                if mine is None:
+                    totals[name] = group.copy()
+                else:
+                    mine.merge(group)
+    patients = {p: dict(sorted(by_patient[p].items())) for p in sorted(by_patient)}
+    return patients, dict(sorted(by_type.items()))

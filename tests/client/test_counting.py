@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export_client import _counting
+from export_client import _pure
 from export_client._body import BodyCount, BodyReader, count_body, count_end
-from export_client._counting import BlockCount, _count_exact, _count_fast, count_block
+from export_client._counting import BlockCount, count_block
 from export_client._exceptions import CsvFormatError
 from export_client._layout import CsvLayout
+from export_client._pure import _count_exact, _count_fast
 
 # Every test here runs on both cores: the compiled kernel and the pure-Python fallback.
 pytestmark = pytest.mark.usefixtures("counting_core")
@@ -358,9 +359,9 @@ def test_clean_block_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> Non
     def fail(*args: object) -> None:
         raise AssertionError("the exact path was used")
 
-    monkeypatch.setattr(_counting, "_count_exact", fail)
+    monkeypatch.setattr(_pure, "_count_exact", fail)
     block = reference_lines(20_000)
-    assert len(block) > 4 * _counting._SUB_BLOCK_BYTES
+    assert len(block) > 4 * _pure._SUB_BLOCK_BYTES
     result = count_block(block, LAYOUT)
     assert result.rows == 20_000
     assert sum(result.pairs.values()) == 20_000
@@ -385,7 +386,7 @@ def test_fast_path_declines_what_it_cannot_prove(block: bytes) -> None:
 
 
 def test_malformed_line_in_one_sub_block(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_counting, "_SUB_BLOCK_BYTES", 64)
+    monkeypatch.setattr(_pure, "_SUB_BLOCK_BYTES", 64)
     block = reference_lines(50) + b"bad\n" + reference_lines(50) + b"x" * 100 + b"\n"
     header_body = HEADER + block
     assert as_tuple(count([header_body])) == oracle(header_body)
@@ -489,7 +490,7 @@ def test_blank_lines_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None
     def fail(*args: object) -> None:
         raise AssertionError("the exact path was used")
 
-    monkeypatch.setattr(_counting, "_count_exact", fail)
+    monkeypatch.setattr(_pure, "_count_exact", fail)
     block = b"\n" * 3_000_000 + b"P1,t,a,1\n\n\r\n" + b"\r\n" * 1000
     result = count_block(block, LAYOUT)
     assert (result.rows, result.blank_lines, result.pairs) == (1, 3_001_002, {(b"P1", b"a"): 1})

@@ -6,9 +6,8 @@ from collections.abc import Iterable
 
 import orjson
 
-from export_client._counting import BlockCount
 from export_client._metadata import DownloadInfo
-from export_client._results import DownloadResult, ExportReport
+from export_client._results import BlockCount, DownloadResult, ExportReport
 
 
 def result(
