@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._app import create_app
+from ._app import DEFAULT_WRITE_TIMEOUT, create_app
 from ._catalog import REFERENCE_CATALOG, Catalog
 from ._exceptions import InheritedSocketError, ListenError, PortInUseError
 from ._faults import FaultConfig
@@ -168,37 +168,29 @@ def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
 
 @contextmanager
 def running_server(
-    app: web.Application | None = None,
+    catalog: Catalog = REFERENCE_CATALOG,
     *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    catalog: Catalog | None = None,
     workers: int | None = None,
     cache_dir: Path | None = None,
     faults: FaultConfig | None = None,
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    host: str = "127.0.0.1",
+    port: int = 0,
     backlog: int = DEFAULT_BACKLOG,
 ) -> Iterator[str]:
     """Run an export server in a background thread and yield its base URL.
 
     The server gets its own event loop in its own thread, so this is for synchronous code (tests,
     fixtures); from a coroutine it would block the caller's loop while the server starts and
-    stops. Pass an `app` from `create_app`, or the
-    `create_app` options (`catalog`, `workers`, `cache_dir`, `faults`) to build one. `port=0`
-    picks a free port; `backlog` is the listen backlog. On exit the server and its workers are
-    stopped.
+    stops. The options before `host` are those of `create_app`; `port=0` picks a free port and
+    `backlog` is the listen backlog. On exit the server and its workers are stopped.
 
         with running_server(workers=1) as url:
             urllib.request.urlopen(f"{url}/api/export")
     """
-    if app is None:
-        app = create_app(
-            REFERENCE_CATALOG if catalog is None else catalog,
-            workers=workers,
-            cache_dir=cache_dir,
-            faults=faults,
-        )
-    elif catalog is not None or workers is not None or cache_dir is not None or faults is not None:
-        raise TypeError("Pass either an app or the options to build one, not both.")
+    app = create_app(
+        catalog, workers=workers, cache_dir=cache_dir, faults=faults, write_timeout=write_timeout
+    )
     started: concurrent.futures.Future[str] = concurrent.futures.Future()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

@@ -9,8 +9,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from export_server import REFERENCE_CATALOG, Catalog, create_app, generate_body, running_server
-from export_server._app import _POOL_KEY
+from export_server import (
+    REFERENCE_CATALOG,
+    Catalog,
+    WorkerPool,
+    create_app,
+    generate_body,
+    running_server,
+)
 
 from .sockets import chunked_body, open_request, read_at, read_to_end, seconds_until_closed
 
@@ -227,13 +233,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_a_client_that_never_reads_is_cut_off_and_its_job_and_cache_file_dropped(
-    catalog: Catalog, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    catalog: Catalog, tmp_path: Path, caplog: pytest.LogCaptureFixture, pools: list[WorkerPool]
 ) -> None:
     download = (catalog.downloads("big") or [])[0]
     path = f"/api/export/big/{download.id}/data"
-    app = create_app(catalog, workers=1, cache_dir=tmp_path, write_timeout=0.5)
-    with running_server(app) as url:
-        pool = app[_POOL_KEY]
+    with running_server(catalog, workers=1, cache_dir=tmp_path, write_timeout=0.5) as url:
+        [pool] = pools
         with open_request(url + path) as stalled:
             # The body (4.5 MB) is far more than the socket buffers hold: the server waits.
             wait_until(lambda: pool.loads == [1] and any(tmp_path.glob("*.tmp")))
@@ -262,7 +267,7 @@ def test_a_slow_reader_is_not_cut_off(catalog: Catalog, caplog: pytest.LogCaptur
     # 2 MB/s: the whole body takes about 2.3 s, more than the timeout, but each chunk comes
     # and goes in a fraction of it.
     with (
-        running_server(create_app(catalog, workers=1, write_timeout=1.0)) as url,
+        running_server(catalog, workers=1, write_timeout=1.0) as url,
         open_request(f"{url}/api/export/big/{download.id}/data") as reader,
     ):
         response = read_at(reader, 2e6)
@@ -279,7 +284,7 @@ def test_the_write_timeout_must_be_positive(write_timeout: float) -> None:
 def test_no_write_timeout_at_all(catalog: Catalog) -> None:
     download = (catalog.downloads("tiny") or [])[0]
     with (
-        running_server(create_app(catalog, workers=1, write_timeout=None)) as url,
+        running_server(catalog, workers=1, write_timeout=None) as url,
         open_request(f"{url}/api/export/tiny/{download.id}/data") as reader,
     ):
         assert chunked_body(read_at(reader, 1e9)) == b"".join(generate_body(download))

@@ -16,7 +16,7 @@ import aiofiles
 import aiohttp
 import pytest
 
-from export_server import Catalog, create_app, generate_body, running_server
+from export_server import Catalog, generate_body, running_server
 from export_server._cache import SENDFILE_PIECE, DiskCache, sendfile_chunked
 
 from .sockets import chunked_body, open_request, read_at, read_to_end, seconds_until_closed
@@ -224,7 +224,7 @@ async def test_stale_temporary_files_are_removed_and_nothing_else(
 async def test_cache_dir_is_created(catalog: Catalog, tmp_path: Path) -> None:
     cache_dir = tmp_path / "a" / "b"
     download = (catalog.downloads("tiny") or [])[0]
-    with running_server(create_app(catalog, workers=1, cache_dir=cache_dir)) as base:
+    with running_server(catalog, workers=1, cache_dir=cache_dir) as base:
         await fetch(f"{base}/api/export/tiny/{download.id}/data")
     assert leftovers(cache_dir) == [f"{download.id}.csv"]
 
@@ -331,8 +331,7 @@ def test_a_client_that_never_reads_a_cached_body_is_cut_off(
 ) -> None:
     path, body, url = _cache_big(catalog, tmp_path, 0)
     before = path.stat()
-    app = create_app(catalog, workers=1, cache_dir=tmp_path, write_timeout=0.5)
-    with running_server(app) as base:
+    with running_server(catalog, workers=1, cache_dir=tmp_path, write_timeout=0.5) as base:
         with open_request(base + url) as stalled:
             seconds = seconds_until_closed(stalled, timeout=20)
             assert seconds is not None, "the server kept the connection of a client that stalled"
@@ -356,8 +355,10 @@ def test_a_slow_reader_of_a_cached_body_is_not_cut_off(
     assert len(body) > 4 << 20
     # At 2 MB/s the body takes about 2.3 s, more than the timeout, and each sendfile call a
     # fraction of it (the kernel takes bytes as a third of its send buffer, up to 4 MiB, frees).
-    app = create_app(catalog, workers=1, cache_dir=tmp_path, write_timeout=1.5)
-    with running_server(app) as base, open_request(base + url) as reader:
+    with (
+        running_server(catalog, workers=1, cache_dir=tmp_path, write_timeout=1.5) as base,
+        open_request(base + url) as reader,
+    ):
         response = read_at(reader, 2e6)
     assert chunked_body(response) == body
     assert problems(caplog) == []

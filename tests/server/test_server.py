@@ -1,4 +1,5 @@
 import errno
+import inspect
 import os
 import socket
 import subprocess
@@ -24,8 +25,7 @@ from .sockets import listen_backlogs, somaxconn
 
 
 def test_running_server_yields_a_loopback_url_and_stops(catalog: Catalog) -> None:
-    app = create_app(catalog, workers=1)
-    with running_server(app) as url:
+    with running_server(catalog, workers=1) as url:
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(f"{url}/api/export", timeout=10) as response:
             assert response.status == 200
@@ -45,12 +45,13 @@ def test_running_server_reports_a_taken_port(catalog: Catalog) -> None:
             pass
 
 
-def test_running_server_takes_an_app_or_options_not_both(catalog: Catalog) -> None:
-    with (
-        pytest.raises(TypeError, match="not both"),
-        running_server(create_app(catalog, workers=1), workers=1),
-    ):
-        pass
+def test_running_server_takes_the_options_of_create_app_then_where_to_listen() -> None:
+    app_options = list(inspect.signature(create_app).parameters.values())
+    options = list(inspect.signature(running_server).parameters.values())
+    assert options[: len(app_options)] == app_options
+    listen = options[len(app_options) :]
+    assert [option.name for option in listen] == ["host", "port", "backlog"]
+    assert {option.kind for option in listen} == {inspect.Parameter.KEYWORD_ONLY}
 
 
 @pytest.mark.parametrize(
