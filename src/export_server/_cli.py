@@ -16,7 +16,8 @@ import typer
 # Typer vendors Click (as typer._click) and does not re-export where a value came from.
 from typer._click.core import ParameterSource
 
-from ._app import DEFAULT_WRITE_TIMEOUT, create_app
+from ._app import create_app
+from ._bodies import DEFAULT_WRITE_TIMEOUT
 from ._exceptions import ExportServerError
 from ._faults import FaultConfig
 from ._process import READY

@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ._app import DEFAULT_WRITE_TIMEOUT, create_app
+from ._app import create_app
+from ._bodies import DEFAULT_WRITE_TIMEOUT
 from ._catalog import REFERENCE_CATALOG, Catalog
 from ._exceptions import InheritedSocketError, ListenError, PortInUseError
 from ._faults import FaultConfig
