@@ -18,7 +18,7 @@ from ._bodies import DEFAULT_WRITE_TIMEOUT, BodySender
 from ._cache import DiskCache
 from ._catalog import REFERENCE_CATALOG, Catalog, DownloadSpec
 from ._faults import FaultConfig, FaultInjector, RequestFaults
-from ._workers import WorkerPool
+from ._pool import WorkerPool
 
 __all__ = ["create_app"]
 

@@ -17,7 +17,7 @@ from ._cache import CacheWriter, DiskCache
 from ._catalog import DownloadSpec
 from ._exceptions import WorkerError
 from ._generate import min_body_size
-from ._workers import WorkerPool
+from ._pool import WorkerPool
 
 __all__ = ["DEFAULT_WRITE_TIMEOUT", "SENDFILE_PIECE", "BodySender", "sendfile_chunked"]
 

@@ -32,7 +32,7 @@ def test_every_public_exception_derives_from_the_base() -> None:
 
 def test_a_worker_imports_without_aiohttp_or_asyncio() -> None:
     probe = (
-        "import sys, export_server._worker_entry; "
+        "import sys, export_server._worker; "
         "print(sorted(m for m in ('aiohttp', 'asyncio') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

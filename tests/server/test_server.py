@@ -14,7 +14,7 @@ from export_server import (
     Catalog,
     ListenError,
     PortInUseError,
-    _workers,
+    _link,
     create_app,
     running_server,
 )
@@ -65,13 +65,13 @@ def test_running_server_reports_an_address_it_cannot_listen_on(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch, host: str, reason: str
 ) -> None:
     started: list[int] = []
-    real_start = _workers._start_process
+    real_start = _link._start_process
 
     def start_process(fd: int) -> subprocess.Popen[bytes]:
         started.append(fd)
         return real_start(fd)
 
-    monkeypatch.setattr(_workers, "_start_process", start_process)
+    monkeypatch.setattr(_link, "_start_process", start_process)
     with (
         pytest.raises(ListenError, match=f"^Cannot listen on {host}:0: {reason}"),
         running_server(catalog=catalog, workers=1, host=host),
