@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import uuid
@@ -20,7 +21,11 @@ from ._catalog import REFERENCE_CATALOG, Catalog, DownloadSpec
 from ._faults import FaultConfig, FaultInjector, RequestFaults
 from ._pool import WorkerPool
 
-__all__ = ["create_app"]
+__all__ = ["MAX_WORKERS", "create_app"]
+
+# Each worker is an interpreter of its own: many more than the cores only share them, and a
+# mistyped count must not start processes without end.
+MAX_WORKERS = 256
 
 _CATALOG_KEY = web.AppKey("catalog", Catalog)
 _FAULTS_KEY = web.AppKey("faults", FaultInjector)
@@ -167,10 +172,10 @@ def create_app(
     workers cannot be started.
     """
     size = workers if workers is not None else _default_workers()
-    if size < 1:
-        raise ValueError(f"workers must be at least 1, got {size}.")
-    if write_timeout is not None and not write_timeout > 0:
-        raise ValueError(f"write_timeout must be positive, got {write_timeout}.")
+    if not 1 <= size <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, got {size}.")
+    if write_timeout is not None and not (write_timeout > 0 and math.isfinite(write_timeout)):
+        raise ValueError(f"write_timeout must be positive and finite, got {write_timeout}.")
     app = web.Application(middlewares=[_json_errors, _inject_faults])
     app[_CATALOG_KEY] = catalog
     app[_FAULTS_KEY] = FaultInjector(faults or FaultConfig())

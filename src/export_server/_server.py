@@ -20,7 +20,15 @@ from ._catalog import REFERENCE_CATALOG, Catalog
 from ._exceptions import InheritedSocketError, ListenError, PortInUseError
 from ._faults import FaultConfig
 
-__all__ = ["DEFAULT_BACKLOG", "control_socket", "listening_socket", "running_server", "serve"]
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "MAX_BACKLOG",
+    "MAX_FD",
+    "control_socket",
+    "listening_socket",
+    "running_server",
+    "serve",
+]
 
 # Streams still running at shutdown are cut after this long instead of delaying the stop.
 _SHUTDOWN_TIMEOUT = 1.0
@@ -28,6 +36,9 @@ _SHUTDOWN_TIMEOUT = 1.0
 # once overflowed 128, and each overflow cost its client a 1 s SYN retry. The kernel caps it at
 # net.core.somaxconn.
 DEFAULT_BACKLOG = 1024
+# Both are C ints to the kernel.
+MAX_BACKLOG = 2**31 - 1
+MAX_FD = 2**31 - 1
 
 
 def _url(host: str, port: int) -> str:
@@ -55,8 +66,8 @@ async def serve(
     app's startup raises (CacheDirectoryError, WorkerError). Everything the app started is
     stopped before this returns, however it returns.
     """
-    if backlog < 1:
-        raise ValueError(f"backlog must be at least 1, got {backlog}.")
+    if not 1 <= backlog <= MAX_BACKLOG:
+        raise ValueError(f"backlog must be from 1 to {MAX_BACKLOG}, got {backlog}.")
     if sock is not None and (host is not None or port is not None):
         raise TypeError("Pass either a socket or a host and port to listen on, not both.")
     if sock is not None:
@@ -115,6 +126,8 @@ def control_socket(fd: int) -> socket.socket:
 
 
 def _inherited(fd: int, role: str) -> socket.socket:
+    if not 0 <= fd <= MAX_FD:
+        raise InheritedSocketError(fd, role, "it is not open")
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:

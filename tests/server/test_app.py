@@ -208,7 +208,13 @@ async def test_unknown_path(server_url: str) -> None:
     assert await get_json(f"{server_url}/api/nothing") == (404, {"detail": "Not Found"})
 
 
-@pytest.mark.parametrize("write_timeout", [0, -1.0])
-def test_the_write_timeout_must_be_positive(write_timeout: float) -> None:
-    with pytest.raises(ValueError, match="write_timeout must be positive"):
+@pytest.mark.parametrize("write_timeout", [0, -1.0, float("inf"), float("nan")])
+def test_the_write_timeout_must_be_positive_and_finite(write_timeout: float) -> None:
+    with pytest.raises(ValueError, match="write_timeout must be positive and finite"):
         create_app(write_timeout=write_timeout)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257])
+def test_the_workers_are_from_1_to_256(workers: int) -> None:
+    with pytest.raises(ValueError, match=rf"^workers must be from 1 to 256, got {workers}\.$"):
+        create_app(workers=workers)

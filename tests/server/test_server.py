@@ -12,6 +12,7 @@ import pytest
 from export_server import (
     CacheDirectoryError,
     Catalog,
+    InheritedSocketError,
     ListenError,
     PortInUseError,
     _link,
@@ -19,7 +20,7 @@ from export_server import (
     running_server,
 )
 from export_server._app import _default_workers
-from export_server._server import _listen_error
+from export_server._server import _listen_error, control_socket, listening_socket
 
 from .sockets import listen_backlogs, somaxconn
 
@@ -143,9 +144,18 @@ def test_running_server_takes_a_listen_backlog(catalog: Catalog) -> None:
             assert response.status == 200
 
 
-def test_a_backlog_below_one_is_refused(catalog: Catalog) -> None:
+@pytest.mark.parametrize("backlog", [0, 2**31])
+def test_a_backlog_the_kernel_cannot_take_is_refused(catalog: Catalog, backlog: int) -> None:
     with (
-        pytest.raises(ValueError, match="backlog must be at least 1, got 0"),
-        running_server(catalog=catalog, workers=1, backlog=0),
+        pytest.raises(ValueError, match=f"backlog must be from 1 to 2147483647, got {backlog}"),
+        running_server(catalog=catalog, workers=1, backlog=backlog),
     ):
         pass
+
+
+@pytest.mark.parametrize("fd", [-1, 2**31, 2**64])
+def test_a_file_descriptor_out_of_range_is_not_open(fd: int) -> None:
+    with pytest.raises(InheritedSocketError, match=f"^Cannot use file descriptor {fd} as the"):
+        listening_socket(fd)
+    with pytest.raises(InheritedSocketError, match=r"the control socket: it is not open\.$"):
+        control_socket(fd)
