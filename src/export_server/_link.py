@@ -48,8 +48,8 @@ class WorkerLink:
         self._writer = writer
         self._jobs: dict[int, asyncio.Queue[_Item]] = {}
         self._job_ids = itertools.count()
+        # Ends when the connection does: what a supervisor waits for.
         self.reader_task = asyncio.create_task(self._read())
-        """Ends when the connection does."""
 
     @classmethod
     async def start(cls) -> WorkerLink:
