@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     )
     from ._faults import FaultConfig
     from ._generate import CSV_HEADER, generate_body
+    from ._pool import WorkerPool
     from ._process import ServerProcess, start_server_process
     from ._server import running_server, serve
-    from ._workers import WorkerPool
 
 # Imported on first use: a generation worker process imports this package too, and must not pay
 # for aiohttp (nor be interrupted while it imports it) to generate bodies.
@@ -49,7 +49,7 @@ _MODULES = {
     "_generate": ("CSV_HEADER", "generate_body"),
     "_process": ("ServerProcess", "start_server_process"),
     "_server": ("running_server", "serve"),
-    "_workers": ("WorkerPool",),
+    "_pool": ("WorkerPool",),
 }
 _HOMES = {name: module for module, names in _MODULES.items() for name in names}
 

@@ -1,14 +1,12 @@
-"""The aiohttp application: the export API over a catalog, a worker pool, a cache and faults."""
+"""The aiohttp application: the routes of the export API, its errors and its injected faults."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import math
 import os
 import re
-import socket
-import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,29 +15,24 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ._cache import CacheWriter, DiskCache, sendfile_chunked
+from ._bodies import DEFAULT_WRITE_TIMEOUT, BodySender
+from ._cache import DiskCache
 from ._catalog import REFERENCE_CATALOG, Catalog, DownloadSpec
-from ._exceptions import WorkerError
 from ._faults import FaultConfig, FaultInjector, RequestFaults
-from ._generate import CSV_HEADER
-from ._workers import WorkerPool
+from ._pool import WorkerPool
 
-__all__ = ["DEFAULT_WRITE_TIMEOUT", "create_app"]
+__all__ = ["MAX_WORKERS", "create_app"]
 
-# How long a data stream may wait for its client to take the next piece of the body.
-DEFAULT_WRITE_TIMEOUT = 60.0
-
-logger = logging.getLogger("export_server")
+# Each worker is an interpreter of its own: many more than the cores only share them, and a
+# mistyped count must not start processes without end.
+MAX_WORKERS = 256
 
 _CATALOG_KEY = web.AppKey("catalog", Catalog)
-_POOL_KEY = web.AppKey("pool", WorkerPool)
-_CACHE_KEY = web.AppKey("cache", DiskCache)
 _FAULTS_KEY = web.AppKey("faults", FaultInjector)
-_WRITE_TIMEOUT_KEY: web.AppKey[float | None] = web.AppKey("write_timeout")
+_BODIES_KEY = web.AppKey("bodies", BodySender)
 _REQUEST_FAULTS = web.RequestKey("faults", RequestFaults)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 _HYPHENATED_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # The texts the reference server (a pydantic UUID) accepts: 32 hex digits, or the hyphenated
@@ -145,128 +138,11 @@ async def _get_download(request: web.Request) -> web.Response:
     return _json({"data": _download(request).metadata()})
 
 
-def _min_body_size(download: DownloadSpec) -> int:
-    """A lower bound of the body size: where a cut surely falls before the end."""
-    shortest_line = (
-        min(map(len, download.patients))
-        + len(",2025-01-01T00:00:00Z,")
-        + min(map(len, download.event_types))
-        + len(",00\n")
-    )
-    return len(CSV_HEADER) + download.rows * shortest_line
-
-
-def _abort_connection(request: web.Request) -> None:
-    """Drop the connection at once, with what is still queued for the client."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # A reset rather than a FIN: a FIN would wait behind the unread bytes in the kernel's
-        # buffer, which a client that does not read never takes, and the kernel would keep them.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    transport.abort()
-
-
-def _cut_connection(request: web.Request) -> None:
-    # close() (not abort()) first sends what is buffered, so the client gets every byte before
-    # the cut and then a connection closed without the chunked terminator.
-    if request.transport is not None:
-        request.transport.close()
-
-
 async def _get_data(request: web.Request) -> web.StreamResponse:
-    """Stream the body of a download: from its cache file if there is one, else generated.
-
-    A generated body goes out as the worker makes it (the header, then runs of whole lines of
-    about 32 KiB), a cached one in large chunks cut anywhere (see `sendfile_chunked`): the API
-    tells clients not to rely on chunk boundaries. A client that leaves a piece of the body
-    untaken for the app's write timeout is cut off: the connection is reset, and its generation
-    job and cache file are dropped.
-    """
     download = _download(request)
     faults = request.get(_REQUEST_FAULTS)
-    cut_at = int(faults.cut_fraction * _min_body_size(download)) if faults and faults.cut else None
-    timeout = request.app[_WRITE_TIMEOUT_KEY]
-    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
-    response.enable_chunked_encoding()
-    cache = request.app.get(_CACHE_KEY)
-    try:
-        # Opened before the response starts, so a file that cannot be read is generated instead.
-        cached = await cache.open_cached(download.id) if cache is not None else None
-        if cached is not None:
-            with cached:
-                body = await response.prepare(request)
-                if request.transport is None or body is None:
-                    raise ConnectionResetError("The client went away.")
-                complete = await sendfile_chunked(
-                    request.transport, cached, drain=body.drain, limit=cut_at, write_timeout=timeout
-                )
-                if not complete:
-                    _cut_connection(request)
-            return response
-        async with contextlib.AsyncExitStack() as stack:
-            writer = await cache.writer(download.id) if cache is not None else None
-            if writer is not None:
-                await stack.enter_async_context(writer)
-            await response.prepare(request)
-            if not await _stream_generated(request, response, download, cut_at, writer, timeout):
-                _cut_connection(request)
-                return response
-            # The client has the whole body before the cache file is synced and published.
-            async with asyncio.timeout(timeout):
-                await response.write_eof()
-            if writer is not None:
-                await writer.commit()
-    except ConnectionError:
-        # Not an error of ours: the client went away mid-stream.
-        logger.debug("The client of download %s went away mid-stream.", download.id)
-    except TimeoutError:
-        # By now the generation job is cancelled and the cache file discarded.
-        _abort_connection(request)
-        logger.warning(
-            "Cut off the client of download %s: it did not take the next piece of the body"
-            " in %g s.",
-            download.id,
-            timeout,
-        )
-    return response
-
-
-async def _stream_generated(
-    request: web.Request,
-    response: web.StreamResponse,
-    download: DownloadSpec,
-    cut_at: int | None,
-    cache: CacheWriter | None,
-    write_timeout: float | None,
-) -> bool:
-    """Send the generated body; returns False if the connection must be cut instead of ended.
-
-    Raises TimeoutError if the client leaves a chunk untaken for `write_timeout` seconds.
-    """
-    sent = 0
-    chunks = request.app[_POOL_KEY].stream(download)
-    try:
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                if cut_at is not None and sent + len(chunk) > cut_at:
-                    async with asyncio.timeout(write_timeout):
-                        await response.write(chunk[: cut_at - sent])
-                    return False
-                if cache is not None:
-                    await cache.write(chunk)
-                # `write` waits only when the transport holds over 64 KiB the kernel has not
-                # taken, and then until it holds 16 KiB at most.
-                async with asyncio.timeout(write_timeout):
-                    await response.write(chunk)
-                sent += len(chunk)
-    except WorkerError as exc:
-        logger.error("Cutting the stream of download %s: %s", download.id, exc)
-        return False
-    return True
+    cut_fraction = faults.cut_fraction if faults is not None and faults.cut else None
+    return await request.app[_BODIES_KEY].send(request, download, cut_fraction=cut_fraction)
 
 
 def _default_workers() -> int:
@@ -296,23 +172,21 @@ def create_app(
     workers cannot be started.
     """
     size = workers if workers is not None else _default_workers()
-    if size < 1:
-        raise ValueError(f"workers must be at least 1, got {size}.")
-    if write_timeout is not None and not write_timeout > 0:
-        raise ValueError(f"write_timeout must be positive, got {write_timeout}.")
+    if not 1 <= size <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, got {size}.")
+    if write_timeout is not None and not (write_timeout > 0 and math.isfinite(write_timeout)):
+        raise ValueError(f"write_timeout must be positive and finite, got {write_timeout}.")
     app = web.Application(middlewares=[_json_errors, _inject_faults])
     app[_CATALOG_KEY] = catalog
     app[_FAULTS_KEY] = FaultInjector(faults or FaultConfig())
-    app[_WRITE_TIMEOUT_KEY] = write_timeout
-    if cache_dir is not None:
-        cache = DiskCache(cache_dir)
-        app[_CACHE_KEY] = cache
+    cache = DiskCache(cache_dir) if cache_dir is not None else None
+    if cache is not None:
         app.cleanup_ctx.append(_cache_context(cache))
 
     async def pool_context(app: web.Application) -> AsyncIterator[None]:
         pool = WorkerPool(size)
         await pool.start()
-        app[_POOL_KEY] = pool
+        app[_BODIES_KEY] = BodySender(pool, cache, write_timeout=write_timeout)
         try:
             yield
         finally:

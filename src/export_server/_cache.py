@@ -1,4 +1,4 @@
-"""The disk cache of generated bodies, and serving a cached body with sendfile."""
+"""The disk cache of generated bodies: complete bodies only, written best effort."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, Self
 
@@ -18,14 +17,9 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from ._exceptions import CacheDirectoryError
 
-__all__ = ["SENDFILE_PIECE", "CacheWriter", "DiskCache", "sendfile_chunked"]
+__all__ = ["CacheWriter", "DiskCache"]
 
 logger = logging.getLogger("export_server.cache")
-
-# The most one `loop.sendfile` call sends, and so the unit of the write timeout for a cached
-# body: a whole 4 MiB chunk. Each further call costs a wake-up and a short send at its start:
-# 1 MiB pieces took 10% longer to serve a cached body over loopback, and 25% more CPU.
-SENDFILE_PIECE = 4 << 20
 
 _WRITE_BUFFER = 1 << 20
 _TOKEN_BYTES = 8
@@ -182,73 +176,3 @@ def _publish(temporary: Path, final: Path) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
-
-
-async def sendfile_chunked(
-    transport: asyncio.WriteTransport,
-    file: BinaryIO,
-    *,
-    drain: Callable[[], Awaitable[None]],
-    limit: int | None = None,
-    write_timeout: float | None = None,
-    segment: int = 4 << 20,
-    piece: int = SENDFILE_PIECE,
-) -> bool:
-    """Send an open file as HTTP chunks of `segment` bytes with `loop.sendfile`.
-
-    The chunks are cut at byte offsets, usually mid-line, unlike the runs of whole lines of a
-    generated body: the API tells clients not to rely on chunk boundaries, and large chunks keep
-    a cached body on the kernel's zero-copy path.
-
-    The response headers must already be on the transport; the caller sends the terminating
-    chunk. `drain` waits until the transport has handed what it buffered to the kernel (the
-    response writer's `drain`). Each chunk goes out in `sendfile` calls of at most `piece`
-    bytes; with `write_timeout`, each call, and each wait for the chunk framing to leave, must
-    end within that many seconds, or TimeoutError is raised: the client stopped reading.
-
-    With `limit`, stop after that many body bytes, possibly mid-chunk. Returns whether the whole
-    file was sent; False means the connection must be cut rather than ended (at `limit`, or if
-    the file shrank, as a chunk must never be shorter than its announced size). Raises
-    ConnectionResetError if the client goes away.
-    """
-    loop = asyncio.get_running_loop()
-    size = os.fstat(file.fileno()).st_size
-    end = size if limit is None else min(size, limit)
-    offset = 0
-    low, high = transport.get_write_buffer_limits()
-    # With no free room in the transport's buffer, `drain` returns only once the framing has
-    # reached the kernel. `loop.sendfile` would wait for that too, but in a way that cannot be
-    # cancelled safely: a timeout there leaves the transport with a cancelled waiter that it
-    # later fails ("InvalidStateError" in the loop's log). Once the buffer is empty,
-    # `loop.sendfile` waits only in its `os.sendfile` loop, which cancels cleanly.
-    transport.set_write_buffer_limits(high=0)
-    try:
-        while offset < size:
-            if transport.is_closing():
-                raise ConnectionResetError("The client went away.")
-            count = min(segment, size - offset)
-            transport.write(f"{count:x}\r\n".encode())
-            async with asyncio.timeout(write_timeout):
-                await drain()
-            stop = offset + min(count, end - offset)
-            chunk_end = offset + count
-            while offset < stop:
-                wanted = min(piece, stop - offset)
-                async with asyncio.timeout(write_timeout):
-                    sent = await loop.sendfile(transport, file, offset, wanted)
-                offset += sent
-                if sent < wanted:
-                    return False
-            if offset < chunk_end:
-                return False
-            transport.write(b"\r\n")
-        async with asyncio.timeout(write_timeout):
-            await drain()
-    except RuntimeError as exc:
-        # asyncio's "Transport is closing": the client left between two checks.
-        if not transport.is_closing():
-            raise
-        raise ConnectionResetError("The client went away.") from exc
-    finally:
-        transport.set_write_buffer_limits(high, low)
-    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
 import socket
@@ -16,30 +17,29 @@ import typer
 # Typer vendors Click (as typer._click) and does not re-export where a value came from.
 from typer._click.core import ParameterSource
 
-from ._app import DEFAULT_WRITE_TIMEOUT, create_app
+from ._app import MAX_WORKERS, create_app
+from ._bodies import DEFAULT_WRITE_TIMEOUT
 from ._exceptions import ExportServerError
-from ._faults import FaultConfig
+from ._faults import MAX_RETRY_AFTER, FaultConfig
 from ._process import READY
-from ._server import DEFAULT_BACKLOG, control_socket, listening_socket, serve
+from ._server import DEFAULT_BACKLOG, MAX_BACKLOG, MAX_FD, control_socket, listening_socket, serve
+from ._usage import OneLineErrors, at_most, non_negative_seconds, positive_seconds, probability
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def _positive(value: float) -> float:
-    if not value > 0:
-        raise typer.BadParameter("must be more than 0.")
-    return value
+_fd = at_most(MAX_FD, "file descriptors are C ints")
 
 
-def _rate(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise typer.BadParameter("must be between 0 and 1.")
-    return value
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"server {importlib.metadata.version('export-counter')}")
+        raise typer.Exit()
 
 
-@app.command()
+@app.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def run(
     ctx: typer.Context,
     host: Annotated[
@@ -51,6 +51,7 @@ def run(
         typer.Option(
             "--fd",
             min=0,
+            callback=_fd,
             metavar="N",
             help=(
                 "Serve on the bound, listening TCP socket inherited as file descriptor N,"
@@ -62,6 +63,7 @@ def run(
         int | None,
         typer.Option(
             min=0,
+            callback=_fd,
             metavar="N",
             help=(
                 "Talk to a supervisor (or the client's --mock) on the socket inherited as file"
@@ -74,6 +76,7 @@ def run(
         int,
         typer.Option(
             min=1,
+            callback=at_most(MAX_BACKLOG, "the kernel takes a C int"),
             help="Listen backlog: connections waiting to be accepted (capped by the kernel at"
             " net.core.somaxconn).",
         ),
@@ -81,7 +84,9 @@ def run(
     workers: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Generation worker processes (default: one per CPU available to it)."
+            min=1,
+            max=MAX_WORKERS,
+            help="Generation worker processes (default: one per CPU available to it).",
         ),
     ] = None,
     cache_dir: Annotated[
@@ -96,19 +101,32 @@ def run(
     ] = None,
     fail_rate: Annotated[
         float,
-        typer.Option(callback=_rate, help="Probability that a data stream is cut mid-body."),
+        typer.Option(
+            callback=probability,
+            metavar="P",
+            help="Probability (0 to 1) that a data stream is cut mid-body.",
+        ),
     ] = 0.0,
     error_rate: Annotated[
         float,
-        typer.Option(callback=_rate, help="Probability that any request gets a 503."),
+        typer.Option(
+            callback=probability,
+            metavar="P",
+            help="Probability (0 to 1) that any request gets a 503.",
+        ),
     ] = 0.0,
     latency: Annotated[
-        float, typer.Option(min=0.0, help="Seconds to wait before every response.")
+        float,
+        typer.Option(
+            callback=non_negative_seconds,
+            metavar="SECONDS",
+            help="Seconds to wait before every response.",
+        ),
     ] = 0.0,
     write_timeout: Annotated[
         float,
         typer.Option(
-            callback=_positive,
+            callback=positive_seconds,
             metavar="SECONDS",
             help=(
                 "Cut off a client that leaves the next piece of a body (at most 4 MiB) untaken"
@@ -120,10 +138,22 @@ def run(
         int, typer.Option(help="Seed of the fault injection, to replay a faulty run exactly.")
     ] = 0,
     retry_after: Annotated[
-        int, typer.Option(min=0, help="Retry-After seconds of the injected 503 responses.")
+        int,
+        typer.Option(
+            min=0,
+            callback=at_most(MAX_RETRY_AFTER, "HTTP reads any larger number as that"),
+            metavar="SECONDS",
+            help="Retry-After of the injected 503 responses.",
+        ),
     ] = 1,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log every request and debug details.")
+        bool, typer.Option("-d", "--verbose", help="Log every request and debug details.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "-v", "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Serve the demo, small and large exports of the reference export API.

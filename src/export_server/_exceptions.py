@@ -68,21 +68,15 @@ class PortInUseError(ListenError):
 class ServerStartError(ExportServerError):
     """A server process did not become ready: it exited first, or took too long.
 
-    `log` holds the last lines it wrote on stderr; the message ends with the last one that says
-    something.
+    `log` holds the last lines it wrote on stderr; the message ends with the last one that is
+    not blank (the server's errors are one line each).
     """
 
     def __init__(self, reason: str, log: Sequence[str]) -> None:
         self.log = list(log)
-        last = next(filter(None, map(_words, reversed(self.log))), None)
+        last = next((line.strip() for line in reversed(self.log) if line.strip()), None)
         detail = f": {last}" if last is not None else "."
         super().__init__(f"The export server did not start ({reason}){detail}")
-
-
-def _words(line: str) -> str:
-    """A line of stderr without the frame of a usage error box; empty if it says nothing."""
-    text = line.strip().strip("│╭╮╰╯─").strip()
-    return text if any(character.isalnum() for character in text) else ""
 
 
 class WorkerError(ExportServerError):

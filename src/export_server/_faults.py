@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["FaultConfig", "FaultInjector", "RequestFaults"]
+__all__ = ["MAX_RETRY_AFTER", "FaultConfig", "FaultInjector", "RequestFaults"]
+
+# HTTP asks recipients to read any larger number of seconds as this one (RFC 9111, 1.2.2).
+MAX_RETRY_AFTER = 2**31
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,12 @@ class FaultConfig:
         for name in ("fail_rate", "error_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
-        if self.latency < 0:
-            raise ValueError(f"latency must not be negative, got {self.latency}.")
-        if self.retry_after < 0:
-            raise ValueError(f"retry_after must not be negative, got {self.retry_after}.")
+        if not (math.isfinite(self.latency) and self.latency >= 0):
+            raise ValueError(f"latency must be finite and not negative, got {self.latency}.")
+        if not 0 <= self.retry_after <= MAX_RETRY_AFTER:
+            raise ValueError(
+                f"retry_after must be from 0 to {MAX_RETRY_AFTER}, got {self.retry_after}."
+            )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from math import cos, log, sin, sqrt, tau
 
 from ._catalog import EVENT_VALUE_PARAMS, DownloadSpec
 
-__all__ = ["CSV_HEADER", "EVENT_VALUE_PARAMS", "generate_body"]
+__all__ = ["CSV_HEADER", "EVENT_VALUE_PARAMS", "generate_body", "min_body_size"]
 
 CSV_HEADER = b"patient_id,event_time,event_type,value\n"
 
@@ -26,6 +26,31 @@ def _clock_strings() -> list[str]:
             f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)
         )
     return _clock
+
+
+def min_body_size(download: DownloadSpec) -> int:
+    """A lower bound of the size of the body of `download`, header included.
+
+    Each row is at least its shortest patient, a time without fraction, and the shortest event
+    type with the shortest value its clamp allows.
+    """
+    shortest_row = (
+        min(map(len, download.patients))
+        + len(",YYYY-MM-DDTHH:MM:SSZ,")
+        + min(
+            len(event_type) + _shortest_number(*EVENT_VALUE_PARAMS[event_type][2:])
+            for event_type in download.event_types
+        )
+        + len(",\n")
+    )
+    return len(CSV_HEADER) + download.rows * shortest_row
+
+
+def _shortest_number(low: int, high: int) -> int:
+    """The length of the shortest decimal integer from `low` to `high`."""
+    if low <= 0 <= high:
+        return 1
+    return len(str(low if low > 0 else high))
 
 
 def generate_body(download: DownloadSpec, *, chunk_size: int = 32768) -> Iterator[bytes]:

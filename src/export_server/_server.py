@@ -15,11 +15,20 @@ from typing import Any
 from aiohttp import web
 
 from ._app import create_app
+from ._bodies import DEFAULT_WRITE_TIMEOUT
 from ._catalog import REFERENCE_CATALOG, Catalog
 from ._exceptions import InheritedSocketError, ListenError, PortInUseError
 from ._faults import FaultConfig
 
-__all__ = ["DEFAULT_BACKLOG", "control_socket", "listening_socket", "running_server", "serve"]
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "MAX_BACKLOG",
+    "MAX_FD",
+    "control_socket",
+    "listening_socket",
+    "running_server",
+    "serve",
+]
 
 # Streams still running at shutdown are cut after this long instead of delaying the stop.
 _SHUTDOWN_TIMEOUT = 1.0
@@ -27,6 +36,9 @@ _SHUTDOWN_TIMEOUT = 1.0
 # once overflowed 128, and each overflow cost its client a 1 s SYN retry. The kernel caps it at
 # net.core.somaxconn.
 DEFAULT_BACKLOG = 1024
+# Both are C ints to the kernel.
+MAX_BACKLOG = 2**31 - 1
+MAX_FD = 2**31 - 1
 
 
 def _url(host: str, port: int) -> str:
@@ -54,8 +66,8 @@ async def serve(
     app's startup raises (CacheDirectoryError, WorkerError). Everything the app started is
     stopped before this returns, however it returns.
     """
-    if backlog < 1:
-        raise ValueError(f"backlog must be at least 1, got {backlog}.")
+    if not 1 <= backlog <= MAX_BACKLOG:
+        raise ValueError(f"backlog must be from 1 to {MAX_BACKLOG}, got {backlog}.")
     if sock is not None and (host is not None or port is not None):
         raise TypeError("Pass either a socket or a host and port to listen on, not both.")
     if sock is not None:
@@ -114,6 +126,8 @@ def control_socket(fd: int) -> socket.socket:
 
 
 def _inherited(fd: int, role: str) -> socket.socket:
+    if not 0 <= fd <= MAX_FD:
+        raise InheritedSocketError(fd, role, "it is not open")
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
@@ -168,37 +182,29 @@ def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
 
 @contextmanager
 def running_server(
-    app: web.Application | None = None,
+    catalog: Catalog = REFERENCE_CATALOG,
     *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    catalog: Catalog | None = None,
     workers: int | None = None,
     cache_dir: Path | None = None,
     faults: FaultConfig | None = None,
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    host: str = "127.0.0.1",
+    port: int = 0,
     backlog: int = DEFAULT_BACKLOG,
 ) -> Iterator[str]:
     """Run an export server in a background thread and yield its base URL.
 
     The server gets its own event loop in its own thread, so this is for synchronous code (tests,
     fixtures); from a coroutine it would block the caller's loop while the server starts and
-    stops. Pass an `app` from `create_app`, or the
-    `create_app` options (`catalog`, `workers`, `cache_dir`, `faults`) to build one. `port=0`
-    picks a free port; `backlog` is the listen backlog. On exit the server and its workers are
-    stopped.
+    stops. The options before `host` are those of `create_app`; `port=0` picks a free port and
+    `backlog` is the listen backlog. On exit the server and its workers are stopped.
 
         with running_server(workers=1) as url:
             urllib.request.urlopen(f"{url}/api/export")
     """
-    if app is None:
-        app = create_app(
-            REFERENCE_CATALOG if catalog is None else catalog,
-            workers=workers,
-            cache_dir=cache_dir,
-            faults=faults,
-        )
-    elif catalog is not None or workers is not None or cache_dir is not None or faults is not None:
-        raise TypeError("Pass either an app or the options to build one, not both.")
+    app = create_app(
+        catalog, workers=workers, cache_dir=cache_dir, faults=faults, write_timeout=write_timeout
+    )
     started: concurrent.futures.Future[str] = concurrent.futures.Future()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

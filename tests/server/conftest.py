@@ -1,4 +1,4 @@
-"""Fixtures shared by the server tests: a tiny catalog, and a server running it."""
+"""Fixtures shared by the server tests: a tiny catalog, a server running it, its pools."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from export_server import Catalog, ExportSpec, running_server
+from export_server import Catalog, ExportSpec, WorkerPool, running_server
 
 TINY = ExportSpec(
     id="tiny",
@@ -54,3 +54,17 @@ def tiny() -> ExportSpec:
 def big() -> ExportSpec:
     """An export whose downloads take a while to send (about 4 MB each)."""
     return BIG
+
+
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[WorkerPool]:
+    """Every worker pool started during the test, in order: servers start their own."""
+    started: list[WorkerPool] = []
+    real_start = WorkerPool.start
+
+    async def start(self: WorkerPool) -> None:
+        started.append(self)
+        await real_start(self)
+
+    monkeypatch.setattr(WorkerPool, "start", start)
+    return started

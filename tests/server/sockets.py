@@ -120,15 +120,24 @@ def read_at(sock: socket.socket, rate: float, *, size: int = 1 << 14) -> bytes:
 
 def chunked_body(response: bytes) -> bytes:
     """The body of a complete chunked HTTP response."""
+    return b"".join(_chunks(response))
+
+
+def chunk_sizes(response: bytes) -> list[int]:
+    """The sizes of the chunks of a complete chunked HTTP response, without the last, empty one."""
+    return [len(chunk) for chunk in _chunks(response)]
+
+
+def _chunks(response: bytes) -> list[bytes]:
     head, _, rest = response.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head, head
-    body = bytearray()
+    chunks: list[bytes] = []
     while True:
         size_line, _, rest = rest.partition(b"\r\n")
         size = int(size_line, 16)
         if size == 0:
             assert rest == b"\r\n", "no proper last chunk"
-            return bytes(body)
-        body += rest[:size]
+            return chunks
+        chunks.append(rest[:size])
         assert rest[size : size + 2] == b"\r\n", "a chunk shorter than announced"
         rest = rest[size + 2 :]

@@ -1,5 +1,6 @@
 import contextlib
 import http.client
+import importlib.metadata
 import json
 import os
 import re
@@ -16,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
-from export_server import REFERENCE_CATALOG
+from export_server import REFERENCE_CATALOG, start_server_process
 from export_server._cli import app
 
 from ..processes import children, still_running
@@ -207,8 +208,13 @@ def test_port_in_use_is_one_clear_line() -> None:
     assert output == f"error: Cannot listen on 127.0.0.1:{port}: the address is already in use.\n"
 
 
-def test_help_documents_every_option() -> None:
-    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_documents_every_option_and_shows_flags_bare(flag: str) -> None:
+    result = invoke(flag)
     assert result.exit_code == 0, result.output
     for option in (
         "--host",
@@ -225,29 +231,119 @@ def test_help_documents_every_option() -> None:
         "--chaos-seed",
         "--retry-after",
         "--verbose",
+        "--version",
+        "--help",
     ):
         [line] = [
             line for line in result.output.splitlines() if line.lstrip("│ ").startswith(option)
         ]
         assert re.search(r"\b[A-Z][a-z]+\b.* \w+", line.split(option, 1)[1]), line
+    # A flag is its names and its help: no type, no negative form.
+    assert "<bool>" not in result.output
+    assert "--no-" not in result.output
+    for flag_line in ("--verbose        -d  ", "--version        -v  ", "--help           -h  "):
+        assert flag_line in result.output
+
+
+@pytest.mark.parametrize("flag", ["--version", "-v"])
+def test_version(flag: str) -> None:
+    result = invoke(flag)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"server {importlib.metadata.version('export-counter')}\n"
+    assert result.stderr == ""
+
+
+def test_verbose_is_d_and_logs_every_request() -> None:
+    lines: list[str] = []
+    with start_server_process(workers=1, args=["-d"], echo=lines.append) as server:
+        assert get_json(f"{server.url}/api/export") == {
+            "data": {"export_ids": ["demo", "small", "large"]}
+        }
+    assert any('"GET /api/export HTTP/1.1" 200' in line for line in lines), lines
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "error"),
     [
-        ["--fail-rate", "1.5"],
-        ["--error-rate", "-0.1"],
-        ["--workers", "0"],
-        ["--port", "70000"],
-        ["--latency", "-1"],
-        ["--backlog", "0"],
-        ["--write-timeout", "0"],
+        (["--fail-rate", "2"], "Invalid value for '--fail-rate': must be between 0 and 1."),
+        (["--fail-rate", "nan"], "Invalid value for '--fail-rate': must be between 0 and 1."),
+        (["--error-rate", "-0.1"], "Invalid value for '--error-rate': must be between 0 and 1."),
+        (
+            ["--workers", "0"],
+            "Invalid value for '--workers': ",
+        ),
+        (
+            ["--workers", "100000"],
+            "Invalid value for '--workers': ",
+        ),
+        (
+            ["--port", "99999"],
+            "Invalid value for '--port': ",
+        ),
+        (
+            ["--backlog", "0"],
+            "Invalid value for '--backlog': ",
+        ),
+        (
+            ["--backlog", str(2**31)],
+            "Invalid value for '--backlog': must be at most 2147483647: the kernel takes a C int.",
+        ),
+        (
+            ["--fd", str(2**64)],
+            "Invalid value for '--fd': must be at most 2147483647: file descriptors are C ints.",
+        ),
+        (
+            ["--control-fd", str(2**31)],
+            "Invalid value for '--control-fd': must be at most 2147483647: file descriptors are"
+            " C ints.",
+        ),
+        *(
+            (
+                ["--latency", value],
+                "Invalid value for '--latency': must be a finite number of seconds, 0 or more.",
+            )
+            for value in ("-1", "inf", "nan", "1e999")
+        ),
+        *(
+            (
+                ["--write-timeout", value],
+                "Invalid value for '--write-timeout': must be a finite number of seconds above 0.",
+            )
+            for value in ("0", "-1", "inf", "nan")
+        ),
+        (
+            ["--retry-after", str(10**20)],
+            "Invalid value for '--retry-after': must be at most 2147483648: HTTP reads any larger"
+            " number as that.",
+        ),
+        (["--port", "eighty"], "Invalid value for '--port': "),
+        (["--no-such-option"], "No such option: --no-such-option"),
+        (["serve"], "Got unexpected extra argument(s) (serve)"),
     ],
 )
-def test_invalid_values_are_usage_errors(args: list[str]) -> None:
-    result = CliRunner().invoke(app, args)
+def test_a_usage_error_is_one_line(args: list[str], error: str) -> None:
+    # Where typer words the error (a range, a number), only its start is ours to check.
+    result = invoke(*args)
     assert result.exit_code == 2
-    assert "Invalid value" in result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {error}")
+    assert line.endswith(" (see server --help)")
+    if not error.endswith(": "):
+        assert line == f"error: {error} (see server --help)"
+
+
+@pytest.mark.parametrize(
+    "args", [["--port", "99999"], ["--fail-rate", "2"], ["--latency", "inf"], ["--nope"]]
+)
+def test_the_commands_usage_errors_are_one_line_on_stderr(args: list[str]) -> None:
+    with server_process(*args) as process:
+        assert process.wait(timeout=20) == 2
+        assert process.stderr is not None
+        output = process.stderr.read()
+    [line] = output.splitlines()
+    assert line.startswith("error: ")
+    assert line.endswith(" (see server --help)")
 
 
 def _listening_socket() -> socket.socket:
@@ -277,9 +373,12 @@ def test_serves_on_an_inherited_listening_socket() -> None:
 
 @pytest.mark.parametrize("other", [["--port", "8000"], ["--host", "127.0.0.1"], ["--port", "0"]])
 def test_an_inherited_socket_and_an_address_are_a_usage_error(other: list[str]) -> None:
-    result = CliRunner().invoke(app, ["--fd", "3", *other], env={"COLUMNS": "200"})
+    result = invoke("--fd", "3", *other)
     assert result.exit_code == 2
-    assert f"Invalid value for '--fd': cannot be combined with {other[0]}." in result.output
+    assert result.stderr == (
+        f"error: Invalid value for '--fd': cannot be combined with {other[0]}."
+        " (see server --help)\n"
+    )
 
 
 @pytest.mark.parametrize("kind", ["not listening", "not a socket", "not open", "UDP"])

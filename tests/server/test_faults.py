@@ -137,3 +137,18 @@ def test_rates_are_validated() -> None:
         FaultConfig(fail_rate=1.5)
     with pytest.raises(ValueError, match="error_rate"):
         FaultConfig(error_rate=-0.1)
+    with pytest.raises(ValueError, match="fail_rate"):
+        FaultConfig(fail_rate=float("nan"))
+
+
+@pytest.mark.parametrize("latency", [-1.0, float("inf"), float("nan")])
+def test_the_latency_is_finite_and_not_negative(latency: float) -> None:
+    with pytest.raises(ValueError, match="latency must be finite and not negative"):
+        FaultConfig(latency=latency)
+
+
+@pytest.mark.parametrize("retry_after", [-1, 2**31 + 1])
+def test_retry_after_is_a_number_of_seconds_http_can_carry(retry_after: int) -> None:
+    with pytest.raises(ValueError, match=f"retry_after must be from 0 to {2**31}"):
+        FaultConfig(retry_after=retry_after)
+    assert FaultConfig(retry_after=2**31).retry_after == 2**31

@@ -16,7 +16,7 @@ from export_server import (
     ExportSpec,
     generate_body,
 )
-from export_server._generate import EVENT_VALUE_PARAMS
+from export_server._generate import EVENT_VALUE_PARAMS, min_body_size
 
 
 def plain_lines(download: DownloadSpec) -> Iterator[str]:
@@ -123,3 +123,23 @@ def test_fast_generator_matches_plain_spec_for_any_step(
     )
     download = (Catalog([spec]).downloads(export_id) or [])[0]
     assert fast_lines(download, chunk_size=256) == list(plain_lines(download))
+
+
+def test_min_body_size_is_a_lower_bound_of_every_body(tiny: ExportSpec) -> None:
+    catalog = Catalog(
+        [
+            tiny,
+            dataclasses.replace(tiny, id="names", patient_pool=("A", "BB", "CCCCC")),
+            dataclasses.replace(tiny, id="one-type", event_types=("spo2",), downloads=2),
+            # Times a few microseconds apart, in a year written with a leading zero.
+            dataclasses.replace(
+                tiny, id="micro", step=timedelta(microseconds=3), first_start=datetime(999, 1, 1)
+            ),
+        ]
+    )
+    for export_id in catalog.export_ids:
+        for download in catalog.downloads(export_id) or []:
+            size = sum(map(len, generate_body(download)))
+            assert min_body_size(download) <= size
+            # Not trivially low either: a row is at least 31 bytes.
+            assert min_body_size(download) >= len(CSV_HEADER) + download.rows * 31

@@ -89,10 +89,13 @@ def test_a_server_that_cannot_start_gives_the_reason_from_its_stderr(tmp_path: P
 
 
 def test_bad_arguments_are_the_servers_usage_error() -> None:
-    with pytest.raises(
-        ServerStartError, match=r"\(it exited with code 2\): No such option: --no-such-option$"
-    ):
+    with pytest.raises(ServerStartError) as caught:
         start_server_process(args=["--no-such-option"])
+    message = "error: No such option: --no-such-option (see server --help)"
+    assert (
+        str(caught.value) == f"The export server did not start (it exited with code 2): {message}"
+    )
+    assert caught.value.log == [message]
 
 
 def test_a_server_not_ready_in_time_is_stopped() -> None:

@@ -1,5 +1,7 @@
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import export_server
 
@@ -32,8 +34,16 @@ def test_every_public_exception_derives_from_the_base() -> None:
 
 def test_a_worker_imports_without_aiohttp_or_asyncio() -> None:
     probe = (
-        "import sys, export_server._worker_entry; "
+        "import sys, export_server._worker; "
         "print(sorted(m for m in ('aiohttp', 'asyncio') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_readme_lists_every_module_of_the_server_once() -> None:
+    package = Path(export_server.__file__).parent
+    readme = (package.parents[1] / "README.md").read_text()
+    listing = readme.split("src/export_server/", 1)[1].split("\ntests/", 1)[0]
+    listed = re.findall(r"^  (\S+\.py) +\S", listing, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(path.name for path in package.glob("*.py"))

@@ -1,4 +1,5 @@
 import errno
+import inspect
 import os
 import socket
 import subprocess
@@ -11,21 +12,21 @@ import pytest
 from export_server import (
     CacheDirectoryError,
     Catalog,
+    InheritedSocketError,
     ListenError,
     PortInUseError,
-    _workers,
+    _link,
     create_app,
     running_server,
 )
 from export_server._app import _default_workers
-from export_server._server import _listen_error
+from export_server._server import _listen_error, control_socket, listening_socket
 
 from .sockets import listen_backlogs, somaxconn
 
 
 def test_running_server_yields_a_loopback_url_and_stops(catalog: Catalog) -> None:
-    app = create_app(catalog, workers=1)
-    with running_server(app) as url:
+    with running_server(catalog, workers=1) as url:
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(f"{url}/api/export", timeout=10) as response:
             assert response.status == 200
@@ -45,12 +46,13 @@ def test_running_server_reports_a_taken_port(catalog: Catalog) -> None:
             pass
 
 
-def test_running_server_takes_an_app_or_options_not_both(catalog: Catalog) -> None:
-    with (
-        pytest.raises(TypeError, match="not both"),
-        running_server(create_app(catalog, workers=1), workers=1),
-    ):
-        pass
+def test_running_server_takes_the_options_of_create_app_then_where_to_listen() -> None:
+    app_options = list(inspect.signature(create_app).parameters.values())
+    options = list(inspect.signature(running_server).parameters.values())
+    assert options[: len(app_options)] == app_options
+    listen = options[len(app_options) :]
+    assert [option.name for option in listen] == ["host", "port", "backlog"]
+    assert {option.kind for option in listen} == {inspect.Parameter.KEYWORD_ONLY}
 
 
 @pytest.mark.parametrize(
@@ -64,13 +66,13 @@ def test_running_server_reports_an_address_it_cannot_listen_on(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch, host: str, reason: str
 ) -> None:
     started: list[int] = []
-    real_start = _workers._start_process
+    real_start = _link._start_process
 
     def start_process(fd: int) -> subprocess.Popen[bytes]:
         started.append(fd)
         return real_start(fd)
 
-    monkeypatch.setattr(_workers, "_start_process", start_process)
+    monkeypatch.setattr(_link, "_start_process", start_process)
     with (
         pytest.raises(ListenError, match=f"^Cannot listen on {host}:0: {reason}"),
         running_server(catalog=catalog, workers=1, host=host),
@@ -142,9 +144,18 @@ def test_running_server_takes_a_listen_backlog(catalog: Catalog) -> None:
             assert response.status == 200
 
 
-def test_a_backlog_below_one_is_refused(catalog: Catalog) -> None:
+@pytest.mark.parametrize("backlog", [0, 2**31])
+def test_a_backlog_the_kernel_cannot_take_is_refused(catalog: Catalog, backlog: int) -> None:
     with (
-        pytest.raises(ValueError, match="backlog must be at least 1, got 0"),
-        running_server(catalog=catalog, workers=1, backlog=0),
+        pytest.raises(ValueError, match=f"backlog must be from 1 to 2147483647, got {backlog}"),
+        running_server(catalog=catalog, workers=1, backlog=backlog),
     ):
         pass
+
+
+@pytest.mark.parametrize("fd", [-1, 2**31, 2**64])
+def test_a_file_descriptor_out_of_range_is_not_open(fd: int) -> None:
+    with pytest.raises(InheritedSocketError, match=f"^Cannot use file descriptor {fd} as the"):
+        listening_socket(fd)
+    with pytest.raises(InheritedSocketError, match=r"the control socket: it is not open\.$"):
+        control_socket(fd)

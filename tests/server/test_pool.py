@@ -1,10 +1,12 @@
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -15,10 +17,13 @@ from export_server import (
     WorkerCrashedError,
     WorkerError,
     WorkerPool,
-    _workers,
+    _link,
+    _pool,
     generate_body,
     running_server,
 )
+
+from ..processes import running, still_running
 
 
 @pytest.fixture
@@ -70,32 +75,6 @@ async def test_concurrent_streams_run_in_parallel_processes(
         assert body == b"".join(generate_body(download))
 
 
-async def test_a_stalled_stream_does_not_stall_others_on_its_worker(catalog: Catalog) -> None:
-    pool = WorkerPool(1)
-    await pool.start()
-    try:
-        stalled = pool.stream((catalog.downloads("big") or [])[0])
-        await anext(stalled)
-        download = (catalog.downloads("big") or [])[1]
-        body = b"".join([chunk async for chunk in pool.stream(download)])
-        assert body == b"".join(generate_body(download))
-        await stalled.aclose()
-        assert pool.loads == [0]
-    finally:
-        await pool.stop()
-
-
-async def test_closing_a_stream_cancels_its_job(pool: WorkerPool, catalog: Catalog) -> None:
-    stream = pool.stream((catalog.downloads("big") or [])[0])
-    await anext(stream)
-    assert sum(pool.loads) == 1
-    await stream.aclose()
-    assert pool.loads == [0, 0]
-    # The worker is free and well: it serves the next stream.
-    download = (catalog.downloads("tiny") or [])[0]
-    assert [c async for c in pool.stream(download)] == list(generate_body(download))
-
-
 async def test_a_dead_worker_fails_its_streams_and_is_replaced(
     pool: WorkerPool, catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -103,6 +82,7 @@ async def test_a_dead_worker_fails_its_streams_and_is_replaced(
         stream = pool.stream((catalog.downloads("big") or [])[0])
         await anext(stream)
         [victim] = [pid for pid, load in zip(pool.pids, pool.loads, strict=True) if load]
+        [survivor] = [pid for pid in pool.pids if pid != victim]
         os.kill(victim, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError, match=str(victim)):
             async for _ in stream:
@@ -112,6 +92,8 @@ async def test_a_dead_worker_fails_its_streams_and_is_replaced(
                 break
             await asyncio.sleep(0.05)
         assert victim not in pool.pids
+        # Each slot has its own supervisor: the other worker was left alone.
+        assert survivor in pool.pids
         assert "died" in caplog.text
         download = (catalog.downloads("tiny") or [])[1]
         for _ in range(3):
@@ -152,8 +134,8 @@ async def test_a_worker_that_cannot_be_restarted_fails_new_streams(
         def cannot_start(fd: int) -> subprocess.Popen[bytes]:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
-        monkeypatch.setattr(_workers, "_start_process", cannot_start)
-        monkeypatch.setattr(_workers, "_RESPAWN_BACKOFF", 0.01)
+        monkeypatch.setattr(_link, "_start_process", cannot_start)
+        monkeypatch.setattr(_pool, "_RESPAWN_BACKOFF", 0.01)
         async with asyncio.timeout(30):
             [victim] = pool.pids
             os.kill(victim, signal.SIGKILL)
@@ -166,7 +148,7 @@ async def test_a_worker_that_cannot_be_restarted_fails_new_streams(
             with pytest.raises(WorkerCrashedError, match="none could be started"):
                 async for _ in pool.stream(download):
                     pass
-        assert caplog.text.count("Cannot start a worker process") == _workers._RESPAWN_LIMIT
+        assert caplog.text.count("Cannot start a worker process") == _pool._RESPAWN_LIMIT
         assert "Giving up" in caplog.text
     finally:
         await pool.stop()
@@ -176,7 +158,7 @@ async def test_a_pool_that_fails_to_start_stops_the_workers_it_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started: list[subprocess.Popen[bytes]] = []
-    real_start = _workers._start_process
+    real_start = _link._start_process
 
     def start_one_only(fd: int) -> subprocess.Popen[bytes]:
         if started:
@@ -184,13 +166,146 @@ async def test_a_pool_that_fails_to_start_stops_the_workers_it_started(
         started.append(real_start(fd))
         return started[-1]
 
-    monkeypatch.setattr(_workers, "_start_process", start_one_only)
+    monkeypatch.setattr(_link, "_start_process", start_one_only)
     pool = WorkerPool(3)
     with pytest.raises(WorkerError, match="Cannot start a worker process"):
         await pool.start()
     [process] = started
     assert process.returncode is not None
     assert pool.pids == []
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Return once `condition()` holds; fail after 20 s."""
+    for _ in range(20_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("gave up waiting")
+
+
+async def replaced(pool: WorkerPool, pids: list[int]) -> list[int]:
+    """The pool's pids once they differ from `pids` and every worker lives again."""
+    await until(lambda: pool.pids != pids and all(map(running, pool.pids)))
+    return pool.pids
+
+
+async def test_a_worker_that_keeps_dying_soon_after_its_start_is_given_up(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_pool, "_RESPAWN_LIMIT", 2)
+    monkeypatch.setattr(_pool, "_RESPAWN_BACKOFF", 0.01)
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+        async with asyncio.timeout(30):
+            pids = pool.pids
+            # Dying within seconds of its start counts as a failed start: the first death is
+            # one failure, its replacement's death two, and the next death is over the limit.
+            for _ in range(2):
+                os.kill(pids[0], signal.SIGKILL)
+                pids = await replaced(pool, pids)
+            os.kill(pids[0], signal.SIGKILL)
+            await until(lambda: "Giving up" in caplog.text)
+        # A new stream fails at once instead of waiting for a replacement that will not come.
+        async with asyncio.timeout(1):
+            with pytest.raises(WorkerCrashedError, match="none could be started"):
+                await anext(pool.stream((catalog.downloads("tiny") or [])[0]))
+        assert caplog.text.count("died; starting a new one") == 3
+    finally:
+        await pool.stop()
+
+
+async def test_a_worker_that_ran_a_while_is_replaced_however_often_it_dies(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_pool, "_RESPAWN_LIMIT", 1)
+    # Every worker has run long enough: its death is not held against the next one.
+    monkeypatch.setattr(_pool, "_STABLE_AFTER", 0.0)
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+        async with asyncio.timeout(30):
+            pids = pool.pids
+            for _ in range(3):
+                os.kill(pids[0], signal.SIGKILL)
+                pids = await replaced(pool, pids)
+        assert "Giving up" not in caplog.text
+    finally:
+        await pool.stop()
+
+
+async def test_failed_starts_are_retried_after_doubling_delays(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[float] = []
+
+    def cannot_start(fd: int) -> subprocess.Popen[bytes]:
+        attempts.append(time.monotonic())
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(_pool, "_RESPAWN_LIMIT", 4)
+    monkeypatch.setattr(_pool, "_RESPAWN_BACKOFF", 0.05)
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+        monkeypatch.setattr(_link, "_start_process", cannot_start)
+        async with asyncio.timeout(30):
+            os.kill(pool.pids[0], signal.SIGKILL)
+            await until(lambda: "Giving up" in caplog.text)
+    finally:
+        await pool.stop()
+    assert len(attempts) == 4
+    # The first start right after the death, then after 0.05, 0.1 and 0.2 s.
+    delays = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    wanted = [0.05, 0.1, 0.2]
+    assert [delay >= low for delay, low in zip(delays, wanted, strict=True)] == [True] * 3, delays
+    assert caplog.text.count("(attempt ") == 4
+    assert "(attempt 4 of 4)" in caplog.text
+
+
+async def test_stopping_does_not_wait_for_a_backoff(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cannot_start(fd: int) -> subprocess.Popen[bytes]:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(_pool, "_RESPAWN_BACKOFF", 60.0)
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+        monkeypatch.setattr(_link, "_start_process", cannot_start)
+        async with asyncio.timeout(30):
+            os.kill(pool.pids[0], signal.SIGKILL)
+            # The first start failed at once; the next waits a minute.
+            await until(lambda: "(attempt 1 of" in caplog.text)
+    finally:
+        async with asyncio.timeout(5):
+            await pool.stop()
+    assert pool.pids == []
+
+
+async def test_stopping_while_a_worker_is_replaced_leaves_no_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    real_start = _link._start_process
+
+    def start_process(fd: int) -> subprocess.Popen[bytes]:
+        started.append(real_start(fd))
+        return started[-1]
+
+    monkeypatch.setattr(_link, "_start_process", start_process)
+    pool = WorkerPool(2)
+    await pool.start()
+    try:
+        os.kill(pool.pids[0], signal.SIGKILL)
+        # Give the supervisor time to see the death and start the replacement.
+        await until(lambda: len(started) == 3)
+    finally:
+        await pool.stop()
+    assert [process.returncode is not None for process in started] == [True] * 3
+    assert still_running([process.pid for process in started], timeout=0) == []
 
 
 async def test_a_dead_worker_cuts_the_http_stream(catalog: Catalog) -> None:

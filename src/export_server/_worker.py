@@ -1,9 +1,9 @@
-"""The worker side of the generation protocol, kept light: a worker imports only this module,
-the generator and the catalog types, never aiohttp or asyncio.
+"""A worker process's side of the generation protocol, kept light: no aiohttp, no asyncio.
 
-Frames are `!IIB` (payload length, job id, kind) followed by the payload. The server sends START
-(a pickled `(DownloadSpec, chunk_size)`), CREDIT (a `!I` count of chunks the job may send ahead)
-and CANCEL; the worker sends CHUNK, END and ERROR. A worker interleaves its jobs one chunk at a
+A worker imports only this module, the generator and the catalog types. Frames are `!IIB`
+(payload length, job id, kind) followed by the payload. The server sends START (a pickled
+`(DownloadSpec, chunk_size)`), CREDIT (a `!I` count of chunks the job may send ahead) and
+CANCEL; the worker sends CHUNK, END and ERROR. A worker interleaves its jobs one chunk at a
 time, and only for jobs that have credit, so every stream makes progress, a slow client only
 stalls its own job, and memory stays bounded by the credits.
 """
