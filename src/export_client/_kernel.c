@@ -545,10 +545,9 @@ count_lines(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
                                      &max_examples))
         return NULL;
     /* The scan runs without the GIL, so the bytes must be immutable: a bytes object, or a
-     * memoryview of one (a slice of a network chunk, counted where it lies). */
-    if (!PyBytes_Check(block) &&
-        !(PyMemoryView_Check(block) && PyMemoryView_GET_BASE(block) != NULL &&
-          PyBytes_Check(PyMemoryView_GET_BASE(block)))) {
+     * memoryview of one (a slice of a network chunk, counted where it lies; its base is
+     * checked below, once the view is held). */
+    if (!PyBytes_Check(block) && !PyMemoryView_Check(block)) {
         PyErr_Format(PyExc_TypeError, "block must be bytes or a memoryview of bytes, not %.100s",
                      Py_TYPE(block)->tp_name);
         return NULL;
@@ -576,6 +575,15 @@ count_lines(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_buffer buffer;
     if (PyObject_GetBuffer(block, &buffer, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
+    /* Only a view that is held has a base for certain: a released one may point to freed
+     * memory there (its bytes gone with the release), and acquiring it fails instead. */
+    if (PyMemoryView_Check(block) && !(PyMemoryView_GET_BASE(block) != NULL &&
+                                       PyBytes_Check(PyMemoryView_GET_BASE(block)))) {
+        PyBuffer_Release(&buffer);
+        PyErr_Format(PyExc_TypeError, "block must be bytes or a memoryview of bytes, not %.100s",
+                     Py_TYPE(block)->tp_name);
+        return NULL;
+    }
     if (buffer.itemsize != 1) {
         PyBuffer_Release(&buffer);
         PyErr_SetString(PyExc_TypeError, "block must be a memoryview of bytes, format 'B'");
