@@ -44,11 +44,17 @@
 #define ALWAYS_INLINE inline
 #endif
 
-/* A branch the scan takes for a few rows only (a new minute of times, say). */
+/* A branch the scan takes for a few rows only (a new minute of times, say), and a function
+ * that runs for those only, kept out of the scan's way. */
 #if defined(__GNUC__) || defined(__clang__)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define UNLIKELY(x) (x)
+#define NOINLINE __declspec(noinline)
 #else
 #define UNLIKELY(x) (x)
+#define NOINLINE
 #endif
 
 #if LLONG_MAX != INT64_MAX
@@ -323,6 +329,28 @@ table_grow(Table *t)
     return 0;
 }
 
+/* A new key's entry, its slot i (empty) and hash h, its count 0; NULL if memory runs out. The
+ * index stays at most half full, and the entry array (half the slot count) has room as long
+ * as it does, so both grow together. Out of the scan's line: few rows add a key. */
+static NOINLINE Entry *
+table_insert(Table *t, size_t i, uint64_t h, Slice patient, Slice event_type)
+{
+    if (t->size >= t->capacity || (t->size + 1) * 2 > t->mask + 1) {
+        if (table_grow(t) < 0)
+            return NULL;
+        i = (size_t)h & t->mask;
+        while (t->slots[i].entry)
+            i = (i + 1) & t->mask;
+    }
+    Entry *e = table_entry(t, t->size++);
+    e->patient = patient;
+    e->event_type = event_type;
+    e->count = 0;
+    t->slots[i].hash = h;
+    t->slots[i].entry = t->size;
+    return e;
+}
+
 /* The pair's entry (entry_size: t->entry_size, a constant once inlined), *added set if it is
  * new: then its key is set and its count 0, the rest of it is the caller's to set. NULL if
  * memory runs out. */
@@ -344,23 +372,8 @@ table_find(Table *t, Slice patient, Slice event_type, size_t entry_size, int *ad
         }
         i = (i + 1) & t->mask;
     }
-    /* A new key. The index stays at most half full, and the entry array (half the slot count)
-     * has room as long as it does, so both grow together. */
-    if (t->size >= t->capacity || (t->size + 1) * 2 > t->mask + 1) {
-        if (table_grow(t) < 0)
-            return NULL;
-        i = (size_t)h & t->mask;
-        while (t->slots[i].entry)
-            i = (i + 1) & t->mask;
-    }
-    Entry *e = (Entry *)(void *)(t->entries + t->size++ * entry_size);
-    e->patient = patient;
-    e->event_type = event_type;
-    e->count = 0;
-    t->slots[i].hash = h;
-    t->slots[i].entry = t->size;
     *added = 1;
-    return e;
+    return table_insert(t, i, h, patient, event_type);
 }
 
 /* ---- count_stats' ranges ---------------------------------------------------------------- */
@@ -723,6 +736,30 @@ add_count(Scan *s, const Slice *f)
     return SCAN_OK;
 }
 
+/* A new pair's statistics, from its first value and time, and its event type's range (NULL:
+ * none). Out of the scan's line, where it is run for a few rows only. */
+static NOINLINE void
+stats_entry_init(StatsEntry *e, const Range *range, int64_t value, int64_t when)
+{
+    e->sum = 0;
+    e->min = e->max = value;
+    e->earliest = e->latest = when;
+    e->has_range = range != NULL;
+    if (range == NULL) {
+        e->lo = INT64_MIN;
+        e->span = UINT64_MAX;
+    }
+    else if (range->lo > range->hi) {
+        e->lo = INT64_MAX;
+        e->span = 0;
+    }
+    else {
+        e->lo = range->lo;
+        e->span = (uint64_t)range->hi - (uint64_t)range->lo;
+    }
+    e->anomalies = 0;
+}
+
 /* One row of count_stats: SCAN_MALFORMED for a bad value or time, SCAN_DECLINED as
  * parse_value says or where the pair's sum would leave +-INT64_MAX (as the pure core does). */
 static ALWAYS_INLINE int
@@ -739,26 +776,8 @@ add_stats(Scan *s, const Slice *f)
                                                      sizeof(StatsEntry), &added);
     if (e == NULL)
         return SCAN_NO_MEMORY;
-    if (UNLIKELY(added)) {
-        const Range *range = ranges_find(s->ranges, f[EVENT_TYPE]);
-        e->sum = 0;
-        e->min = e->max = value;
-        e->earliest = e->latest = when;
-        e->has_range = range != NULL;
-        if (range == NULL) {
-            e->lo = INT64_MIN;
-            e->span = UINT64_MAX;
-        }
-        else if (range->lo > range->hi) {
-            e->lo = INT64_MAX;
-            e->span = 0;
-        }
-        else {
-            e->lo = range->lo;
-            e->span = (uint64_t)range->hi - (uint64_t)range->lo;
-        }
-        e->anomalies = 0;
-    }
+    if (UNLIKELY(added))
+        stats_entry_init(e, ranges_find(s->ranges, f[EVENT_TYPE]), value, when);
     /* |value| < 10**18 and |sum| <= INT64_MAX, so neither bound below overflows; and a sum
      * within +-(INT64_MAX - 10**18) stays within +-INT64_MAX whatever is added. */
     const uint64_t headroom = (uint64_t)INT64_MAX - UINT64_C(1000000000000000000);
