@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The kernel's tests against builds of it with AddressSanitizer and UBSan: the build as installed
-# (SSE2 on x86), with the block over 4 GiB, then the plain C fallbacks (-DKERNEL_PORTABLE):
+# The kernel's tests, count_lines' and count_stats', against builds of it with AddressSanitizer
+# and UBSan: the build as installed (SSE2 on x86), with the block over 4 GiB, then the plain C
+# fallbacks (-DKERNEL_PORTABLE):
 #
 #     bash benchmarks/asan.sh [extra pytest arguments]
 #
@@ -8,8 +9,8 @@
 # comes first on PYTHONPATH, so the source tree and .venv are left as they are. The ASan runtime
 # is preloaded into the ordinary interpreter, PYTHONMALLOC=malloc gives every Python object (the
 # blocks too) its own malloc block with redzones, and leak detection is off: CPython itself does
-# not free everything at exit (test_kernel.py checks the kernel's own allocations with
-# tracemalloc instead). Any report fails the script loudly.
+# not free everything at exit (test_kernel.py and test_kernel_stats.py check the kernel's own
+# allocations with tracemalloc instead). Any report fails the script loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UV_PYTHON_DOWNLOADS=never
@@ -57,7 +58,8 @@ run_tests() {
     ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$dir/asan" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$dir/ubsan" \
     PYTHONMALLOC=malloc PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" \
-    "$python" -m pytest -p no:cacheprovider -q tests/client/test_kernel.py "$@" || status=$?
+    "$python" -m pytest -p no:cacheprovider -q tests/client/test_kernel.py \
+    tests/client/test_kernel_stats.py "$@" || status=$?
 
   shopt -s nullglob
   local reports=("$dir"/asan.* "$dir"/ubsan.*)
