@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from fractions import Fraction
 
 __all__ = [
@@ -104,7 +105,7 @@ class Statistics:
 
     ranges: Mapping[bytes, tuple[Number, Number]]
 
-    @property
+    @cached_property
     def kernel_bounds(self) -> dict[bytes, tuple[int, int]]:
         """The ranges as integer bounds for the kernel, which sees integer values only: for
         an integer v, v < lo exactly when v < ceil(lo), and v > hi exactly when v > floor(hi)."""

@@ -14,11 +14,18 @@ import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from export_client import _counting
+from export_client._counting import count_block
+from export_client._layout import CsvLayout
+from export_client._pure import count_block_pure
+from export_client._stats import Statistics
 
 kernel = pytest.importorskip("export_client._kernel")
 
@@ -1001,3 +1008,20 @@ def test_a_memoryview_of_bytes_counts_as_its_slice(
     view = memoryview(block)[start:stop]
     expected = kernel.count_stats(block[start:stop], *layout, RANGES, 5)
     assert kernel.count_stats(view, *layout, RANGES, 5) == expected
+
+
+# The kernel inside the counting core: statistics as the pure core counts them
+
+
+@pytest.mark.skipif(_counting._kernel is None, reason="the kernel is switched off")
+@settings(max_examples=500, deadline=None)
+@given(drawn=line_blocks(), decimal=st.booleans())
+def test_count_block_with_stats_equals_the_pure_core(
+    drawn: tuple[bytes, tuple[int, int, int, int, int]], decimal: bool
+) -> None:
+    block, (ncols, pidx, eidx, tidx, vidx) = drawn
+    layout = CsvLayout(ncols, pidx, eidx, tidx, vidx)
+    # A decimal bound is what the kernel's integer bounds must stand for exactly.
+    bounds = (Fraction(81, 2), Fraction(361, 2)) if decimal else (40, 180)
+    stats = Statistics.of({"heart_rate": bounds, "S2": (0, 1)})
+    assert count_block(block, layout, stats) == count_block_pure(block, layout, stats)
