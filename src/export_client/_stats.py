@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 
 __all__ = [
     "DEFAULT_NORMAL_RANGES",
