@@ -9,6 +9,7 @@ core's worth of CPU.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -46,10 +47,21 @@ class CountingPool:
             executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(
-        self, block: Piece, layout: CsvLayout, stats: Statistics | None = None
+        self, pieces: Sequence[Piece], layout: CsvLayout, stats: Statistics | None = None
     ) -> asyncio.Future[BlockCount]:
-        """Starts counting `block` (with `stats`, its statistics too); the future gives it."""
+        """Starts counting `pieces` (blocks of whole lines; with `stats`, their statistics
+        too); the future gives their count."""
         if self._executor is None:
             raise RuntimeError("use CountingPool as an async context manager")
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, count_block, block, layout, stats)
+        return loop.run_in_executor(self._executor, _count_pieces, pieces, layout, stats)
+
+
+def _count_pieces(
+    pieces: Sequence[Piece], layout: CsvLayout, stats: Statistics | None
+) -> BlockCount:
+    """The count of pieces of whole lines, each counted where it lies."""
+    total = count_block(pieces[0], layout, stats)
+    for piece in pieces[1:]:
+        total.merge(count_block(piece, layout, stats))
+    return total
