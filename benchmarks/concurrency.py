@@ -2,19 +2,18 @@
 
     uv run python benchmarks/concurrency.py [--export small] [--levels 1 2 4 8 16] [--repeats 3]
         [--mode both|generating|cached] [--server URL] [--server-workers N]
-        [--client-workers N] [--out-dir benchmarks/results]
+        [--threads N] [--out-dir benchmarks/results]
 
 For each server mode and each concurrency level, runs the real client
-(`python -m export_client EXPORT -s URL -c N -q -t -o FILE`) `--repeats` times, each as its own
-subprocess, interleaved with as many runs of the transfer-only baseline
+(`python -m export_client EXPORT -s URL -c N -q -o FILE --report FILE`) `--repeats` times, each
+as its own subprocess, interleaved with as many runs of the transfer-only baseline
 (`benchmarks/transfer_only.py`: the same downloads at the same concurrency, read and discarded).
-Per run it records wall seconds, the client's rows, bytes and retries (from its `-t` line), the
-user+sys CPU seconds of the process and its reaped worker processes (`os.wait4`), the peak RSS
-of the whole process tree (RSS and PSS of the process and its descendants, sampled every 100 ms) and
-`ru_maxrss` (the largest single process). It reports medians with min/max, and the ratios
+Per run it records wall seconds, the client's rows, bytes, own seconds and retries (from its
+`--report`), the user+sys CPU seconds of the process and its peak RSS (`ru_maxrss`, see
+`_bench.py`), and the server's CPU meanwhile. It reports medians with min/max, and the ratios
 client/baseline of wall time and rows/s: wall time alone is noise on a shared machine, ratios
-measured side by side are not. Every client run must exit 0 and print the same counts, equal to
-`<export>.json` at the repository root when that file exists.
+measured side by side are not. Every client run must exit 0 and write exactly the committed
+`<export>.json` at the repository root, when that file exists.
 
 Server modes, each a server started here on a free loopback port with `--server-workers`:
 `generating` (no cache: every body is generated as the reference server does, so it shows how
@@ -29,53 +28,45 @@ machine and the command; a Markdown table for the README; a chart of rows/s by c
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import math
 import os
-import platform
-import re
-import shlex
-import statistics
-import subprocess
 import sys
-import sysconfig
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+from _bench import (
+    CORES,
+    RESULTS,
+    TRANSFER_ONLY,
+    BenchmarkError,
+    Measured,
+    Spread,
+    check_output,
+    command_line,
+    committed_result,
+    compile_bytecode,
+    machine,
+    machine_line,
+    measure,
+    running_server,
+    write_atomically,
+)
 from rich.console import Console
 from rich.table import Table
 
-from export_server import ServerProcess, ServerStartError, start_server_process
+from export_server import ServerProcess
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# Measured processes and servers may keep compiled modules, as they would anywhere else.
-CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
-TRANSFER_ONLY = HERE / "transfer_only.py"
-# Reading smaps_rollup walks a process's page tables: sampled more often, the measurement
-# itself would slow the measured client down on a 2-core machine.
-SAMPLE_SECONDS = 0.1
-SERVER_START_SECONDS = 30.0
-CORES = len(os.sched_getaffinity(0))
 # A level whose median rows/s is within this fraction of the best counts as good as the best.
 NEAR_BEST = 0.05
 
 # Progress lines stay one line each in a log file too.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-
-def busy(client_cpu: float, server_cpu: float | None, wall: float) -> float | None:
-    """The share of the cores that client and server kept busy; None if the server's is unknown."""
-    return None if server_cpu is None else (client_cpu + server_cpu) / (CORES * wall)
 
 
 @dataclass
@@ -90,15 +81,14 @@ class Run:
     # The program's own timing, without interpreter start-up and imports.
     inner_seconds: float
     cpu_seconds: float
-    tree_peak_rss_mb: float
-    tree_peak_pss_mb: float
-    maxrss_mb: float
+    peak_rss_mb: float
     rows: int
     bytes: int
     retries: int
-    malformed: int
     # CPU the server (its main process and workers) used during the run; None if not ours.
-    server_cpu_seconds: float | None = None
+    server_cpu_seconds: float | None
+    # CPU that everything else on the machine used during the run.
+    other_cpu_seconds: float
 
     @classmethod
     def of(cls, measured: Measured, **fields: Any) -> Run:
@@ -106,10 +96,9 @@ class Run:
         return cls(
             wall_seconds=measured.wall_seconds,
             cpu_seconds=measured.cpu_seconds,
-            tree_peak_rss_mb=measured.tree_peak_rss_mb,
-            tree_peak_pss_mb=measured.tree_peak_pss_mb,
-            maxrss_mb=measured.maxrss_mb,
+            peak_rss_mb=measured.peak_rss_mb,
             server_cpu_seconds=measured.server_cpu_seconds,
+            other_cpu_seconds=measured.other_cpu_seconds,
             **fields,
         )
 
@@ -124,24 +113,9 @@ class Run:
     @property
     def busy(self) -> float | None:
         """The share of the machine's cores that client and server kept busy during the run."""
-        return busy(self.cpu_seconds, self.server_cpu_seconds, self.wall_seconds)
-
-
-@dataclass
-class Spread:
-    """The median of some runs' figure and its range."""
-
-    median: float
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        return cls(statistics.median(values), min(values), max(values))
-
-    def text(self, fmt: str) -> str:
-        """`median (min..max)` in a format."""
-        return f"{self.median:{fmt}} ({self.min:{fmt}}..{self.max:{fmt}})"
+        if self.server_cpu_seconds is None:
+            return None
+        return (self.cpu_seconds + self.server_cpu_seconds) / (CORES * self.wall_seconds)
 
 
 @dataclass
@@ -161,246 +135,65 @@ METRICS = (
     "rows_per_second",
     "mb_per_second",
     "cpu_seconds",
-    "tree_peak_rss_mb",
-    "tree_peak_pss_mb",
-    "maxrss_mb",
+    "peak_rss_mb",
     "retries",
     "server_cpu_seconds",
+    "other_cpu_seconds",
     "busy",
 )
 
 
-class BenchmarkError(Exception):
-    """A run failed, or counted something different from the other runs."""
-
-
-def _children(pid: int) -> list[int]:
-    """The child pids of a process, from /proc/<pid>/task/*/children."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.scandir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"{task.path}/children", "rb") as file:
-                found.extend(map(int, file.read().split()))
-    return found
-
-
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int, *, reaped: bool = True) -> float:
-    """CPU seconds used so far by a process (and, with `reaped`, the children it has reaped)."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as file:
-        # The fields after the command name, which may itself hold spaces and parentheses.
-        fields = file.read().rsplit(b")", 1)[1].split()
-        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 here.
-        return sum(int(value) for value in fields[11 : 15 if reaped else 13]) / _TICKS_PER_SECOND
-    return 0.0  # gone already
-
-
-def _descendants(root: int) -> list[int]:
-    found = []
-    stack = _children(root)
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(_children(pid))
-    return found
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by a process and its descendants, reaped ones included."""
-    return sum(_cpu_seconds(pid) for pid in [root, *_descendants(root)])
-
-
-def _tree_memory_kb(root: int) -> tuple[int, int]:
-    """The summed RSS and PSS of a process and all its descendants, in KiB.
-
-    RSS counts pages shared between the processes (the interpreter, libraries) once per
-    process; PSS divides them among the sharers, so its sum is what the tree really holds.
-    """
-    rss = pss = 0
-    for pid in [root, *_descendants(root)]:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup", "rb") as file:
-            for line in file:
-                if line.startswith(b"Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith(b"Pss:"):
-                    pss += int(line.split()[1])
-                    break
-    return rss, pss
-
-
-class TreeSampler(threading.Thread):
-    """Samples a process tree's RSS until stopped, keeping the peak.
-
-    With `timeline`, each sample also records the CPU seconds used so far by the process
-    alone, by its whole tree (with the counting workers, live or reaped) and by the server's
-    tree, if `server_pid`.
-    """
-
-    def __init__(self, pid: int, *, timeline: bool = False, server_pid: int | None = None) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak_kb = 0
-        self.peak_pss_kb = 0
-        self.timeline: list[tuple[float, float, float, float]] | None = [] if timeline else None
-        self._server_pid = server_pid
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        started = time.perf_counter()
-        while not self._done.is_set():
-            if self.timeline is not None:
-                main = _cpu_seconds(self.pid, reaped=False)
-                tree = tree_cpu_seconds(self.pid)
-                server = 0.0 if self._server_pid is None else tree_cpu_seconds(self._server_pid)
-                sample = (time.perf_counter() - started, main, tree, server)
-                self.timeline.append(sample)
-            rss, pss = _tree_memory_kb(self.pid)
-            self.peak_kb = max(self.peak_kb, rss)
-            self.peak_pss_kb = max(self.peak_pss_kb, pss)
-            self._done.wait(SAMPLE_SECONDS)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
-@dataclass
-class Measured:
-    """What any measured subprocess yields, before it is read as a client or baseline run."""
-
-    wall_seconds: float
-    cpu_seconds: float
-    tree_peak_rss_mb: float
-    tree_peak_pss_mb: float
-    maxrss_mb: float
-    stdout: str
-    stderr: str
-    server_cpu_seconds: float | None
-    # (seconds since start, CPU seconds so far of the process, of its tree, of the server)
-    timeline: list[tuple[float, float, float, float]] | None = None
-
-
-def measure(
-    command: list[str], *, timeout: float, server_pid: int | None = None, timeline: bool = False
-) -> Measured:
-    """Runs a command, measuring its wall time, CPU, and memory; raises unless it exits 0.
-
-    With `server_pid`, also the CPU that the server's process tree used meanwhile; with
-    `timeline`, the CPU use of the process, its workers and the server every 100 ms.
-    """
-    server_cpu = None if server_pid is None else tree_cpu_seconds(server_pid)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=CHILD_ENV)
-        sampler = TreeSampler(process.pid, timeline=timeline, server_pid=server_pid)
-        sampler.start()
-        # A watchdog instead of Popen.wait(timeout): os.wait4 must be the one to reap the child,
-        # since only it returns the child's rusage (including its reaped worker processes).
-        watchdog = threading.Timer(timeout, process.kill)
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        except BaseException:
-            # Ctrl-C or the like: do not leave a measured process running behind us.
-            process.kill()
-            process.wait()
-            raise
-        finally:
-            wall = time.perf_counter() - started
-            if server_cpu is not None and server_pid is not None:
-                server_cpu = tree_cpu_seconds(server_pid) - server_cpu
-            watchdog.cancel()
-            sampler.stop()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode("utf-8", "replace")
-        stderr = err.read().decode("utf-8", "replace")
-    if process.returncode != 0:
-        raise BenchmarkError(
-            f"{shlex.join(command)} exited with {process.returncode}: {stderr.strip()[-2000:]}"
-        )
-    return Measured(
-        wall_seconds=wall,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
-        tree_peak_rss_mb=sampler.peak_kb / 1024,
-        tree_peak_pss_mb=sampler.peak_pss_kb / 1024,
-        maxrss_mb=usage.ru_maxrss / 1024,
-        stdout=stdout,
-        stderr=stderr,
-        server_cpu_seconds=server_cpu,
-        timeline=sampler.timeline,
-    )
-
-
-_SUMMARY = re.compile(
-    r": (?P<rows>[\d,]+) rows, (?P<downloads>\d+) downloads, (?P<mb>[\d,.]+) MB "
-    r"in (?P<seconds>[\d,.]+) s .*?"
-    r"(?P<retries>\d+) retries, (?P<malformed>[\d,]+) malformed rows"
-)
-
-
 class Bench:
-    """Runs the client and the baseline against one server and checks what the client counts."""
+    """Runs the client and the baseline against one server and checks what the client writes."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.expected: Any = None
-        self.expected_from = ""
-        # Our own server's pid, whose CPU each run measures; None for a --server URL.
-        self.server_pid: int | None = None
-        reference = ROOT / f"{args.export}.json"
-        if reference.is_file():
-            self.expected = json.loads(reference.read_text())
-            self.expected_from = str(reference.relative_to(ROOT))
-        else:
+        # Our own server, whose CPU each run measures; None for a --server URL.
+        self.server: ServerProcess | None = None
+        self.first_output: bytes | None = None
+        if not committed_result(args.export):
             console.print(
-                f"[yellow]warning:[/] no {reference.name} at the repository root; "
-                "checking only that every run counts the same"
+                f"[yellow]warning:[/] no {args.export}.json at the repository root; "
+                "checking only that every run writes the same"
             )
 
     def client(self, mode: str, url: str, level: int, repeat: int) -> Run:
         output = self.workdir / "counts.json"
+        report_file = self.workdir / "report.json"
         output.unlink(missing_ok=True)
+        report_file.unlink(missing_ok=True)
         command = [sys.executable, "-m", "export_client", self.args.export, "-s", url]
-        command += ["-c", str(level), "-q", "-t", "-o", str(output)]
-        if self.args.client_workers is not None:
-            command += ["--workers", str(self.args.client_workers)]
-        measured = measure(command, timeout=self.args.timeout, server_pid=self.server_pid)
-        counts = json.loads(output.read_text())
-        if self.expected is None:
-            self.expected = counts
-            self.expected_from = f"the first run ({mode}, -c {level})"
-        elif counts != self.expected:
+        command += ["-c", str(level), "-q", "-o", str(output), "--report", str(report_file)]
+        if self.args.threads is not None:
+            command += ["--threads", str(self.args.threads)]
+        measured = measure(command, timeout=self.args.timeout, server=self.server)
+        check_output(self.args.export, output)
+        written = output.read_bytes()
+        if self.first_output is None:
+            self.first_output = written
+        elif written != self.first_output:
             raise BenchmarkError(
-                f"the client's counts ({mode}, -c {level}, repeat {repeat}) differ from "
-                f"{self.expected_from}"
+                f"the client's output ({mode}, -c {level}, repeat {repeat}) differs from "
+                "the first run's"
             )
-        match = _SUMMARY.search(measured.stderr)
-        if match is None:
-            raise BenchmarkError(f"no summary line in the client's stderr: {measured.stderr!r}")
-        # Rounded to 0.1 MB; measure_mode puts in the baseline's exact count of the same bodies.
-        size = int(float(match["mb"].replace(",", "")) * 1e6)
+        report = json.loads(report_file.read_text())
         return Run.of(
             measured,
             mode=mode,
             kind="client",
             level=level,
             repeat=repeat,
-            inner_seconds=float(match["seconds"].replace(",", "")),
-            rows=int(match["rows"].replace(",", "")),
-            bytes=size,
-            retries=int(match["retries"]),
-            malformed=int(match["malformed"].replace(",", "")),
+            inner_seconds=float(report["seconds"]),
+            rows=int(report["rows"]),
+            bytes=int(report["bytes"]),
+            retries=int(report["retries"]),
         )
 
     def baseline(self, mode: str, url: str, level: int, repeat: int) -> Run:
         command = [sys.executable, str(TRANSFER_ONLY), self.args.export, "-s", url]
         command += ["-c", str(level), "--timeout", str(self.args.timeout)]
-        measured = measure(command, timeout=self.args.timeout, server_pid=self.server_pid)
+        measured = measure(command, timeout=self.args.timeout, server=self.server)
         result = json.loads(measured.stdout)
         return Run.of(
             measured,
@@ -412,35 +205,13 @@ class Bench:
             rows=int(result["rows"]),
             bytes=int(result["bytes"]),
             retries=0,
-            malformed=0,
         )
-
-
-@contextlib.contextmanager
-def running_server(workers: int, cache_dir: Path | None) -> Iterator[ServerProcess]:
-    """Starts the project's server on a free loopback port; stops it with SIGTERM on exit.
-
-    The server's pid, for its CPU, is `.process.pid`. Should this script die, the server goes
-    with it (see `export_server.start_server_process`).
-    """
-    try:
-        server = start_server_process(
-            workers=workers,
-            cache_dir=cache_dir,
-            env=CHILD_ENV,
-            cwd=ROOT,
-            ready_timeout=SERVER_START_SECONDS,
-        )
-    except ServerStartError as error:
-        raise BenchmarkError(str(error)) from None
-    with server:
-        yield server
 
 
 def warm_cache(bench: Bench, url: str, cache_dir: Path, workers: int) -> None:
     """Fetches every download once so that the measured runs are all served from disk."""
     command = [sys.executable, str(TRANSFER_ONLY), bench.args.export, "-s", url]
-    command += ["-c", str(workers), "--timeout", str(bench.args.timeout)]
+    command += ["-c", str(workers), "--timeout", str(bench.args.timeout), "--count-lines"]
     started = time.perf_counter()
     measured = measure(command, timeout=bench.args.timeout)
     downloads = int(json.loads(measured.stdout)["downloads"])
@@ -461,16 +232,17 @@ def measure_mode(bench: Bench, mode: str, url: str, runs: list[Run]) -> None:
             runs.append(client)
             baseline = bench.baseline(mode, url, level, repeat)
             runs.append(baseline)
-            if client.rows != baseline.rows:
+            if (client.rows, client.bytes) != (baseline.rows, baseline.bytes):
                 raise BenchmarkError(
-                    f"the client counted {client.rows:,} rows, the metadata announces "
-                    f"{baseline.rows:,}"
+                    f"the client read {client.rows:,} rows in {client.bytes:,} bytes, the "
+                    f"baseline {baseline.rows:,} rows in {baseline.bytes:,} bytes"
                 )
-            client.bytes = baseline.bytes
             console.print(
                 f"{mode} -c {level} #{repeat + 1}: client {client.wall_seconds:.2f} s "
-                f"({client.rows_per_second:,.0f} rows/s, {client.cpu_seconds:.1f} CPU s, "
-                f"{client.tree_peak_rss_mb:.0f} MB), baseline {baseline.wall_seconds:.2f} s",
+                f"({client.rows_per_second:,.0f} rows/s, {client.cpu_seconds:.2f} CPU s, "
+                f"{client.peak_rss_mb:.0f} MB), baseline {baseline.wall_seconds:.2f} s "
+                f"({baseline.cpu_seconds:.2f} CPU s); other work {client.other_cpu_seconds:.1f}"
+                f" / {baseline.other_cpu_seconds:.1f} CPU s",
                 highlight=False,
             )
 
@@ -509,25 +281,6 @@ def suggested_level(levels: list[Level]) -> int:
     )
 
 
-def machine() -> dict[str, Any]:
-    """The machine the benchmark ran on."""
-    memory_kb = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as file:
-        for line in file:
-            if line.startswith("MemTotal:"):
-                memory_kb = int(line.split()[1])
-    return {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gb": round(memory_kb / 1024**2, 1),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def _range(spread: Spread, fmt: str) -> str:
     return spread.text(fmt)
 
@@ -548,7 +301,8 @@ def render_table(summary: dict[str, list[Level]]) -> None:
         "MB/s",
         "CPU s",
         "server CPU s",
-        "tree RSS MB",
+        "peak RSS MB",
+        "other CPU s",
         "retries",
         "baseline s",
         "baseline rows/s",
@@ -567,7 +321,8 @@ def render_table(summary: dict[str, list[Level]]) -> None:
                 f"{c['mb_per_second'].median:.1f}",
                 _range(c["cpu_seconds"], ".1f"),
                 _median(c, "server_cpu_seconds", ".1f"),
-                _range(c["tree_peak_rss_mb"], ".0f"),
+                _range(c["peak_rss_mb"], ".0f"),
+                f"{c['other_cpu_seconds'].median:.1f}",
                 f"{c['retries'].max:.0f}",
                 _range(b["wall_seconds"], ".2f"),
                 f"{b['rows_per_second'].median:,.0f}",
@@ -589,20 +344,19 @@ def markdown(
         "",
         f"    {command}",
         "",
-        f"Machine: {info['cores']} cores, {info['memory_gb']} GB memory, "
-        f"{info['implementation']} {info['python']}, {info['platform']}, {info['date']}.",
+        machine_line(info),
         f"Server: {'given by --server' if args.server else f'--workers {args.server_workers}'}; "
-        f"client: --workers {'auto' if args.client_workers is None else args.client_workers}. "
+        f"client: --threads {'one per core' if args.threads is None else args.threads}. "
         "Wall seconds are of the whole process, start-up included, for client and baseline",
-        "alike; own s is the client's own timing (--time), without interpreter start-up and",
-        "imports. CPU: the client's process tree, and the server's during the client's run;",
-        f"busy is both over {CORES} cores x wall time (1.0: no core ever idle). Memory: the",
-        "largest single process's peak RSS (the client's main process), and the peaks of the",
-        "whole client process tree (main and counting workers) as RSS and as PSS (shared",
-        "pages divided among the processes).",
+        "alike; own s is the client's own timing (its --report), without interpreter start-up",
+        "and imports. CPU: the client's user+system seconds, and the server's during the",
+        f"client's run; busy is both over {CORES} cores x wall time (1.0: no core ever idle).",
+        "Peak RSS: the client process's `ru_maxrss` (one process; its counting threads",
+        "included). Other CPU s: what everything else on the machine used during the client's",
+        "runs (0 on a quiet machine).",
         "",
         "| mode | -c | wall s | own s | rows/s | MB/s | client CPU s | server CPU s | busy "
-        "| main RSS MB | tree RSS MB | tree PSS MB | retries | baseline wall s "
+        "| peak RSS MB | other CPU s | retries | baseline wall s | baseline CPU s "
         "| wall client/baseline | rows/s client/baseline |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
@@ -614,9 +368,10 @@ def markdown(
                 f"| {c['inner_seconds'].median:.2f} "
                 f"| {c['rows_per_second'].median:,.0f} | {c['mb_per_second'].median:.1f} "
                 f"| {_range(c['cpu_seconds'], '.1f')} | {_median(c, 'server_cpu_seconds', '.1f')} "
-                f"| {_median(c, 'busy', '.2f')} | {c['maxrss_mb'].median:.0f} "
-                f"| {c['tree_peak_rss_mb'].median:.0f} | {c['tree_peak_pss_mb'].median:.0f} "
+                f"| {_median(c, 'busy', '.2f')} | {_range(c['peak_rss_mb'], '.0f')} "
+                f"| {c['other_cpu_seconds'].median:.1f} "
                 f"| {c['retries'].max:.0f} | {_range(b['wall_seconds'], '.2f')} "
+                f"| {_range(b['cpu_seconds'], '.2f')} "
                 f"| {entry.wall_ratio:.2f} | {entry.rate_ratio:.2f} |"
             )
     lines.append("")
@@ -748,7 +503,7 @@ def write_results(
             "repeats": args.repeats,
             "modes": list(summary),
             "server_workers": args.server_workers,
-            "client_workers": args.client_workers,
+            "threads": args.threads,
         },
         "summary": {
             mode: [
@@ -774,19 +529,17 @@ def write_results(
             for run in runs
         ],
     }
+    chart = svg_chart(summary, args.export)
+    # A chart that is not well-formed XML would not render anywhere.
+    ElementTree.fromstring(chart)
     written = []
     for suffix, text in (
         (".json", json.dumps(document, indent=2) + "\n"),
         (".md", markdown(summary, info, command, args)),
-        (".svg", svg_chart(summary, args.export)),
+        (".svg", chart),
     ):
         path = stem.with_suffix(suffix)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        if suffix == ".svg":
-            # A chart that is not well-formed XML would not render anywhere.
-            ElementTree.parse(temporary)
-        temporary.replace(path)
+        write_atomically(path, text)
         written.append(str(path))
     console.print("wrote " + ", ".join(written))
 
@@ -809,43 +562,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--server-workers", type=int, default=os.cpu_count() or 1, help="server --workers"
     )
     parser.add_argument(
-        "--client-workers", type=int, default=None, help="client --workers (default: its auto)"
+        "--threads", type=int, default=None, help="client --threads (default: one per core)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the cached mode's --cache-dir, kept (default: a temporary one, warmed each time)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run, at most")
-    parser.add_argument(
-        "--out-dir", type=Path, default=HERE / "results", help="where results are written"
-    )
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
     if args.repeats < 1 or min(args.levels) < 1 or args.server_workers < 1:
         parser.error("--repeats, --levels and --server-workers must be at least 1")
-    if args.client_workers is not None and args.client_workers < 0:
-        parser.error("--client-workers must be 0 or more")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     args.levels = sorted(set(args.levels))
     return args
-
-
-def compile_bytecode() -> None:
-    """Compiles the client's and its dependencies' modules once, as any installed program has.
-
-    Where PYTHONDONTWRITEBYTECODE is set (as on our development machines), every start
-    would otherwise compile every imported module again: a third of a second that no
-    user pays.
-    """
-    paths = [*sysconfig.get_paths()["purelib"].split(os.pathsep), str(ROOT / "src")]
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", *dict.fromkeys(paths)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; returns the exit code."""
     args = parse_args(argv)
     compile_bytecode()
-    command = "uv run python benchmarks/concurrency.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("concurrency.py", argv)
     info = machine()
     runs: list[Run] = []
     started = time.perf_counter()
@@ -858,17 +597,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 modes = ["generating", "cached"] if args.mode == "both" else [args.mode]
                 for mode in modes:
-                    cache_dir = workdir / "cache" if mode == "cached" else None
-                    if cache_dir is not None:
-                        cache_dir.mkdir()
+                    cache_dir = None
+                    if mode == "cached":
+                        cache_dir = args.cache_dir or workdir / "cache"
+                        cache_dir.mkdir(parents=True, exist_ok=True)
                     with running_server(args.server_workers, cache_dir) as server:
                         url = server.url
                         console.print(f"{mode}: server at {url} ({args.server_workers} workers)")
                         if cache_dir is not None:
                             warm_cache(bench, url, cache_dir, args.server_workers)
-                        bench.server_pid = server.process.pid
+                        bench.server = server
                         measure_mode(bench, mode, url, runs)
-                        bench.server_pid = None
+                        bench.server = None
     except BenchmarkError as error:
         console.print(f"[red]error:[/] {error}")
         return 1

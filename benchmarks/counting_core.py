@@ -3,12 +3,15 @@
     uv run python benchmarks/counting_core.py [--rows N] [--repeats R] [--reference]
 
 Times, on the same data in the same run: (a) the baseline, a per-line `csv.reader` loop that
-counts (patient_id, event_type) in a dict; (b) `DownloadCounter.feed` over 32 KiB chunks cut
-at arbitrary bytes; (c) `count_block` over ~1 MiB blocks of whole lines; (d) the compiled
-kernel, `export_client._kernel.count_lines`, over the same blocks (left out, with a note, where
-it is not built). The variants run in rotation, so that noise from other processes hits each of
-them alike; both wall-clock and process CPU time are reported (CPU time is steadier on a shared
-machine). Then the kernel's throughput on one thread against two threads at once, each counting
+counts (patient_id, event_type) in a dict; (b) the pure-Python core, `count_block_pure` (its
+fast path), over ~1 MiB blocks of whole lines; (c) `count_body`, the whole upstream pipeline in
+one thread (`BodyReader` cutting 128 KiB chunks at arbitrary bytes into pieces of whole
+records, each counted by `count_block`, with the kernel where it is built); (d) `count_block`
+over the 1 MiB blocks; (e) the compiled kernel's `count_lines` called directly over the same
+blocks ((d) and (e) are left out, with a note, where the kernel is not built). The variants run
+in rotation, so that noise from other processes hits each of them alike; both wall-clock and
+process CPU time are reported (CPU time is steadier on a shared machine). Then the kernel's
+throughput on one thread against two threads at once, each counting
 all the blocks (it releases the GIL), again in rotation, with hashlib.sha256 as a control.
 Results also go to benchmarks/results/counting_core.json.
 """
@@ -18,12 +21,11 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib
 import io
 import json
-import platform
 import random
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,10 +34,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
-from export_client._counting import CsvLayout, DownloadCounter, count_block
+from _bench import command_line, machine
+
+from export_client._body import count_body
+from export_client._counting import COUNTING_CORE, BlockCount, count_block, count_block_pure
+from export_client._layout import CsvLayout
 
 HEADER = b"patient_id,event_time,event_type,value\n"
-CHUNK_BYTES = 32 << 10
+CHUNK_BYTES = 128 << 10
 BLOCK_BYTES = 1 << 20
 RESULT_FILE = Path(__file__).parent / "results" / "counting_core.json"
 
@@ -83,18 +89,14 @@ def baseline(body: bytes) -> tuple[Pairs, int]:
     return counts, rows
 
 
-def make_feed(body: bytes) -> Callable[[], tuple[Pairs, int]]:
+def make_body(body: bytes) -> Callable[[], tuple[Pairs, int]]:
     chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
 
-    def feed() -> tuple[Pairs, int]:
-        counter = DownloadCounter()
-        for chunk in chunks:
-            counter.feed(chunk)
-        counter.finish()
-        result = counter.result()
-        return dict(result.pairs), result.rows
+    def count_whole_body() -> tuple[Pairs, int]:
+        counted = count_body(chunks).counts
+        return counted.decoded_pairs(), counted.rows
 
-    return feed
+    return count_whole_body
 
 
 def split_blocks(body: bytes) -> tuple[CsvLayout, list[bytes]]:
@@ -111,21 +113,21 @@ def split_blocks(body: bytes) -> tuple[CsvLayout, list[bytes]]:
 
 
 def load_kernel() -> ModuleType | None:
-    try:
-        from export_client import _kernel
-    except ImportError:
-        return None
-    return _kernel
+    if COUNTING_CORE != "compiled":
+        return None  # not built, or EXPORT_COUNTER_PURE_PYTHON set
+    return importlib.import_module("export_client._kernel")
 
 
-def make_count_block(body: bytes) -> Callable[[], tuple[Pairs, int]]:
+def make_count_block(
+    body: bytes, count: Callable[[bytes, CsvLayout], BlockCount]
+) -> Callable[[], tuple[Pairs, int]]:
     layout, blocks = split_blocks(body)
 
     def count_blocks() -> tuple[Pairs, int]:
         pairs: Counter[tuple[bytes, bytes]] = Counter()
         rows = 0
         for block in blocks:
-            counted = count_block(block, layout)
+            counted = count(block, layout)
             pairs.update(counted.pairs)
             rows += counted.rows
         return {(p.decode(), e.decode()): n for (p, e), n in pairs.items()}, rows
@@ -217,14 +219,15 @@ def main() -> None:
     body = reference_body() if args.reference else synthetic_body(args.rows)
     variants: dict[str, Callable[[], tuple[Pairs, int]]] = {
         "baseline_csv_reader": lambda: baseline(body),
-        "download_counter_feed_32k": make_feed(body),
-        "count_block_1m": make_count_block(body),
+        "pure_count_block_1m": make_count_block(body, count_block_pure),
+        "count_body_128k": make_body(body),
     }
     kernel = load_kernel()
     if kernel is not None:
+        variants["count_block_1m"] = make_count_block(body, count_block)
         variants["kernel_count_lines_1m"] = make_kernel(body, kernel)
     else:
-        print("note: export_client._kernel is not built; its variant is left out")
+        print("note: the compiled kernel is not in use; its variants are left out")
     expected = baseline(body)
     rows = expected[1]
     for name, run in variants.items():
@@ -288,12 +291,12 @@ def main() -> None:
     args.output.write_text(
         json.dumps(
             {
+                "command": command_line("counting_core.py", None),
+                "machine": machine(),
                 "source": source,
                 "rows": rows,
                 "bytes": len(body),
                 "repeats": args.repeats,
-                "python": sys.version.split()[0],
-                "machine": platform.machine(),
                 "results": results,
                 "kernel_threads": threads,
             },

@@ -57,12 +57,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from concurrency import (
-    BenchmarkError,
-    Spread,
-    running_server,
-)
-from concurrency import machine as shared_machine
+import psutil
+from _bench import BenchmarkError, Spread, running_server, tree_cpu_seconds, write_atomically
+from _bench import machine as shared_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -170,34 +167,6 @@ def data_url(base: str, download: DownloadSpec) -> str:
     return f"{base}/api/export/{download.export_id}/{download.id}/data"
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """User+system CPU seconds of a live process and its live descendants, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after its last ')'.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total = 0.0
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, ()))
-        if pid in stats:
-            total += stats[pid][1]
-    return total
-
-
 @dataclass
 class Body:
     """What one checked fetch of a whole body gave."""
@@ -281,14 +250,15 @@ def fetch_streams(
     sizes: list[int],
 ) -> StreamRun:
     """Fetch whole downloads at once with aiohttp, dropping the bytes; each must be whole."""
-    server_cpu = _tree_cpu_seconds(server.process.pid)
+    server_process = psutil.Process(server.process.pid)
+    server_cpu = tree_cpu_seconds(server_process)
     client_cpu = time.process_time()
     try:
         wall, results = asyncio.run(_read_all([data_url(server.url, d) for d in downloads]))
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise BenchmarkError(f"{case}: the fetch failed: {exc!r}") from exc
     client_cpu = time.process_time() - client_cpu
-    server_cpu = _tree_cpu_seconds(server.process.pid) - server_cpu
+    server_cpu = tree_cpu_seconds(server_process) - server_cpu
     for (status, received, _), download, size in zip(results, downloads, sizes, strict=True):
         if status != 200 or received != size:
             raise BenchmarkError(
@@ -549,9 +519,7 @@ def write_results(out_dir: Path, document: dict[str, Any], text: str) -> None:
         ("server_generation.md", text),
     ):
         path = out_dir / name
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(content, encoding="utf-8")
-        temporary.replace(path)
+        write_atomically(path, content)
         console.print(f"wrote {path}")
 
 
