@@ -249,6 +249,19 @@ def test_rows_whose_time_or_value_does_not_parse_are_malformed() -> None:
     assert (group.count, group.anomalies, group.minimum, group.maximum) == (2, 1, 70, 200)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [b"1" * 200 + b"." + b"1" * 200, b"-" + b"9" * 150 + b"." + b"9" * 151, b"1" * 301],
+)
+def test_a_value_of_over_300_digits_is_malformed(value: bytes) -> None:
+    rows = [b"P1,2025-08-26T00:00:%02dZ,heart_rate,7%d\n" % (i, i) for i in range(50)]
+    rows[20] = b"P1,2025-08-26T00:00:20Z,heart_rate," + value + b"\n"
+    result = count_body([HEADER + b"".join(rows)], stats=STATS)
+    assert (result.counts.rows, result.counts.malformed) == (50, 1)
+    assert result.counts.groups is not None
+    assert result.counts.groups[(b"P1", b"heart_rate")].count == 49
+
+
 def test_a_header_without_time_or_value_is_a_format_error() -> None:
     from export_client._exceptions import CsvFormatError
 
@@ -270,7 +283,21 @@ LINE_PARTS = st.sampled_from(
     ]
 )
 VALUES = st.sampled_from(
-    [b"70", b"-3", b"+5", b"200", b"97.5", b"0.25", b"1e3", b"", b"x", b"9" * 25]
+    [
+        b"70",
+        b"-3",
+        b"+5",
+        b"200",
+        b"97.5",
+        b"0.25",
+        b"1e3",
+        b"",
+        b"x",
+        b"9" * 25,
+        b"9" * 300,
+        b"9" * 299 + b".5",
+        b"9" * 200 + b"." + b"9" * 101,
+    ]
 )
 
 
