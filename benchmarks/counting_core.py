@@ -135,19 +135,25 @@ def baseline_stats(body: bytes) -> tuple[Groups, int]:
         when = (moment - EPOCH) // microsecond
         bounds = RANGES.get(row[eidx])
         anomaly = None if bounds is None else int(not bounds[0] <= value <= bounds[1])
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [1, value, value, value, anomaly, when, when]
-            continue
-        group[0] += 1
-        group[1] += value
-        group[2] = min(group[2], value)
-        group[3] = max(group[3], value)
-        if anomaly is not None:
-            group[4] += anomaly
-        group[5] = min(group[5], when)
-        group[6] = max(group[6], when)
+        add_figures(groups, key, (1, value, value, value, anomaly, when, when))
     return {key: tuple(group) for key, group in groups.items()}, rows
+
+
+def add_figures(groups: dict[Any, list[Any]], key: Any, figures: Figures) -> None:
+    """Merges a pair's figures (one row's, or a block's) into its group's."""
+    group = groups.get(key)
+    if group is None:
+        groups[key] = list(figures)
+        return
+    count, total, low, high, anomalies, earliest, latest = figures
+    group[0] += count
+    group[1] += total
+    group[2] = min(group[2], low)
+    group[3] = max(group[3], high)
+    if anomalies is not None:
+        group[4] += anomalies
+    group[5] = min(group[5], earliest)
+    group[6] = max(group[6], latest)
 
 
 def decoded_groups(counted: BlockCount) -> Groups:
@@ -209,19 +215,8 @@ def make_kernel_stats(body: bytes, kernel: ModuleType) -> Callable[[], tuple[Gro
         for block in blocks:
             counted = kernel.count_stats(block, *args)
             assert counted is not None, "the kernel declined a block of the benchmark data"
-            for key, (n, total, low, high, anomalies, earliest, latest) in counted[0].items():
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [n, total, low, high, anomalies, earliest, latest]
-                    continue
-                group[0] += n
-                group[1] += total
-                group[2] = min(group[2], low)
-                group[3] = max(group[3], high)
-                if anomalies is not None:
-                    group[4] += anomalies
-                group[5] = min(group[5], earliest)
-                group[6] = max(group[6], latest)
+            for key, figures in counted[0].items():
+                add_figures(groups, key, figures)
             rows += counted[1]
         decoded = {(p.decode(), e.decode()): tuple(g) for (p, e), g in groups.items()}
         return decoded, rows  # type: ignore[return-value]
