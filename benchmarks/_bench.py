@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import json
 import os
 import platform
 import shlex
@@ -125,6 +126,31 @@ def check_output(export: str, output: Path) -> None:
     committed = ROOT / f"{export}.json"
     if committed.is_file() and output.read_bytes() != committed.read_bytes():
         raise BenchmarkError(f"the output {output} differs from the committed {committed.name}")
+
+
+def check_stats_output(export: str, output: bytes) -> None:
+    """Raises BenchmarkError unless a statistics result (`--stats`) has the committed counts.
+
+    Its `count`s must be the committed `<export>.json`'s, patient by patient and in the totals,
+    and where `results/stats-<export>.json` is committed, it must be those very bytes.
+    """
+    committed = ROOT / f"{export}.json"
+    try:
+        document = json.loads(output)
+        counts = {
+            "patients": {
+                patient: {event_type: group["count"] for event_type, group in types.items()}
+                for patient, types in document["patients"].items()
+            },
+            "totals": {name: group["count"] for name, group in document["totals"].items()},
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BenchmarkError(f"the statistics output is not statistics: {error}") from None
+    if committed.is_file() and counts != json.loads(committed.read_bytes()):
+        raise BenchmarkError(f"the statistics output's counts differ from {committed.name}")
+    stats = RESULTS / f"stats-{export}.json"
+    if stats.is_file() and output != stats.read_bytes():
+        raise BenchmarkError(f"the statistics output differs from the committed {stats.name}")
 
 
 def committed_result(export: str) -> bool:

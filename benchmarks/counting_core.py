@@ -1,6 +1,6 @@
 """Benchmark the counting core on one core against a plain csv.reader loop.
 
-    uv run python benchmarks/counting_core.py [--rows N] [--repeats R] [--reference]
+    uv run python benchmarks/counting_core.py [--rows N] [--repeats R] [--reference] [--stats]
 
 Times, on the same data in the same run: (a) the baseline, a per-line `csv.reader` loop that
 counts (patient_id, event_type) in a dict; (b) the pure-Python core, `count_block_pure` (its
@@ -14,6 +14,15 @@ process CPU time are reported (CPU time is steadier on a shared machine). Then t
 throughput on one thread against two threads at once, each counting
 all the blocks (it releases the GIL), again in rotation, with hashlib.sha256 as a control.
 Results also go to benchmarks/results/counting_core.json.
+
+With `--stats`, statistics mode beside counting, in the same rotation: (a') a plain row-by-row
+reference, `csv.reader` with `int` and `datetime.fromisoformat`, keeping each pair's count, sum,
+min, max, anomalies and earliest and latest time in a dict; (b') `count_block_pure` with
+statistics over the same 1 MiB blocks (the pure core's statistics fast path); (c') `count_body`
+with statistics; (d') `count_block` with statistics; (e') the kernel's `count_stats` called
+directly. Every statistics variant must give the reference's figures exactly, every counting
+variant the baseline's counts. The threads part is left out; results go to
+`results/counting_core-stats.json`.
 """
 
 from __future__ import annotations
@@ -30,22 +39,39 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from _bench import command_line, machine
 
 from export_client._body import count_body
 from export_client._counting import COUNTING_CORE, BlockCount, count_block, count_block_pure
 from export_client._layout import CsvLayout
+from export_client._stats import Statistics
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 CHUNK_BYTES = 128 << 10
 BLOCK_BYTES = 1 << 20
 RESULT_FILE = Path(__file__).parent / "results" / "counting_core.json"
+STATS_RESULT_FILE = RESULT_FILE.with_name("counting_core-stats.json")
+# The issue's normal ranges, written out here rather than taken from the client.
+RANGES: dict[str, tuple[int, int]] = {
+    "heart_rate": (40, 180),
+    "spo2": (85, 100),
+    "bp_sys": (90, 200),
+    "bp_dia": (60, 120),
+}
+STATS = Statistics.of(dict(RANGES))
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Pairs = dict[tuple[str, str], int]
+# Per pair: count, sum, min, max, anomalies, earliest and latest time (microseconds).
+Figures = tuple[int, Any, Any, Any, int | None, int, int]
+Groups = dict[tuple[str, str], Figures]
 
 
 def synthetic_body(rows: int) -> bytes:
@@ -89,6 +115,115 @@ def baseline(body: bytes) -> tuple[Pairs, int]:
     return counts, rows
 
 
+def baseline_stats(body: bytes) -> tuple[Groups, int]:
+    """The plain way, with statistics: csv.reader, int or Decimal, datetime.fromisoformat."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    reader = csv.reader(io.StringIO(body.decode("utf-8"), newline=""))
+    header = next(reader)
+    pidx, eidx = header.index("patient_id"), header.index("event_type")
+    tidx, vidx = header.index("event_time"), header.index("value")
+    microsecond = timedelta(microseconds=1)
+    rows = 0
+    for row in reader:
+        rows += 1
+        key = (row[pidx], row[eidx])
+        text = row[vidx]
+        value = int(text) if "." not in text else Fraction(Decimal(text))
+        moment = datetime.fromisoformat(row[tidx])
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        when = (moment - EPOCH) // microsecond
+        bounds = RANGES.get(row[eidx])
+        anomaly = None if bounds is None else int(not bounds[0] <= value <= bounds[1])
+        add_figures(groups, key, (1, value, value, value, anomaly, when, when))
+    return {key: tuple(group) for key, group in groups.items()}, rows
+
+
+def add_figures(groups: dict[Any, list[Any]], key: Any, figures: Figures) -> None:
+    """Merges a pair's figures (one row's, or a block's) into its group's."""
+    group = groups.get(key)
+    if group is None:
+        groups[key] = list(figures)
+        return
+    count, total, low, high, anomalies, earliest, latest = figures
+    group[0] += count
+    group[1] += total
+    group[2] = min(group[2], low)
+    group[3] = max(group[3], high)
+    if anomalies is not None:
+        group[4] += anomalies
+    group[5] = min(group[5], earliest)
+    group[6] = max(group[6], latest)
+
+
+def decoded_groups(counted: BlockCount) -> Groups:
+    assert counted.groups is not None
+    return {
+        (p.decode(), e.decode()): (
+            g.count,
+            g.total,
+            g.minimum,
+            g.maximum,
+            g.anomalies,
+            g.earliest,
+            g.latest,
+        )
+        for (p, e), g in counted.groups.items()
+    }
+
+
+def make_body_stats(body: bytes) -> Callable[[], tuple[Groups, int]]:
+    chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
+
+    def count_whole_body() -> tuple[Groups, int]:
+        counted = count_body(chunks, stats=STATS).counts
+        return decoded_groups(counted), counted.rows
+
+    return count_whole_body
+
+
+def make_count_block_stats(
+    body: bytes, count: Callable[[bytes, CsvLayout, Statistics], BlockCount]
+) -> Callable[[], tuple[Groups, int]]:
+    """`count` with statistics over the 1 MiB blocks, merged as a download's blocks are."""
+    layout, blocks = split_blocks(body, stats=True)
+
+    def count_blocks() -> tuple[Groups, int]:
+        total = BlockCount(groups={})
+        for block in blocks:
+            total.merge(count(block, layout, STATS))
+        return decoded_groups(total), total.rows
+
+    return count_blocks
+
+
+def make_kernel_stats(body: bytes, kernel: ModuleType) -> Callable[[], tuple[Groups, int]]:
+    layout, blocks = split_blocks(body, stats=True)
+    args = (
+        layout.field_count,
+        layout.patient_index,
+        layout.event_type_index,
+        layout.time_index,
+        layout.value_index,
+        STATS.kernel_bounds,
+        5,
+    )
+
+    def count_stats() -> tuple[Groups, int]:
+        groups: dict[tuple[bytes, bytes], list[int]] = {}
+        rows = 0
+        for block in blocks:
+            counted = kernel.count_stats(block, *args)
+            assert counted is not None, "the kernel declined a block of the benchmark data"
+            for key, figures in counted[0].items():
+                add_figures(groups, key, figures)
+            rows += counted[1]
+        decoded = {(p.decode(), e.decode()): tuple(g) for (p, e), g in groups.items()}
+        return decoded, rows  # type: ignore[return-value]
+
+    return count_stats
+
+
 def make_body(body: bytes) -> Callable[[], tuple[Pairs, int]]:
     chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
 
@@ -99,10 +234,10 @@ def make_body(body: bytes) -> Callable[[], tuple[Pairs, int]]:
     return count_whole_body
 
 
-def split_blocks(body: bytes) -> tuple[CsvLayout, list[bytes]]:
+def split_blocks(body: bytes, *, stats: bool = False) -> tuple[CsvLayout, list[bytes]]:
     """The layout, and the data lines in blocks of whole lines of about `BLOCK_BYTES`."""
     header_end = body.index(b"\n") + 1
-    layout = CsvLayout.from_header(body[:header_end])
+    layout = CsvLayout.from_header(body[:header_end], stats=stats)
     blocks = []
     start = header_end
     while start < len(body):
@@ -204,6 +339,11 @@ def kernel_threads(body: bytes, kernel: ModuleType, repeats: int) -> dict[str, o
     return results
 
 
+def mode(variant: str) -> str:
+    """Which result a variant gives: "stats" or "counts"."""
+    return "stats" if "stats" in variant else "counts"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000, help="synthetic data rows")
@@ -213,25 +353,37 @@ def main() -> None:
         action="store_true",
         help="use the reference 'small' export's first download (713,429 rows) instead",
     )
-    parser.add_argument("--output", type=Path, default=RESULT_FILE, help="JSON result file")
+    parser.add_argument("--stats", action="store_true", help="statistics mode too, beside counting")
+    parser.add_argument("--output", type=Path, help="JSON result file (default: by mode)")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = STATS_RESULT_FILE if args.stats else RESULT_FILE
 
     body = reference_body() if args.reference else synthetic_body(args.rows)
-    variants: dict[str, Callable[[], tuple[Pairs, int]]] = {
+    variants: dict[str, Callable[[], tuple[Any, int]]] = {
         "baseline_csv_reader": lambda: baseline(body),
         "pure_count_block_1m": make_count_block(body, count_block_pure),
         "count_body_128k": make_body(body),
     }
+    if args.stats:
+        variants["baseline_csv_reader_stats"] = lambda: baseline_stats(body)
+        variants["pure_stats_1m"] = make_count_block_stats(body, count_block_pure)
+        variants["count_body_stats_128k"] = make_body_stats(body)
     kernel = load_kernel()
     if kernel is not None:
         variants["count_block_1m"] = make_count_block(body, count_block)
         variants["kernel_count_lines_1m"] = make_kernel(body, kernel)
+        if args.stats:
+            variants["count_block_stats_1m"] = make_count_block_stats(body, count_block)
+            variants["kernel_count_stats_1m"] = make_kernel_stats(body, kernel)
     else:
         print("note: the compiled kernel is not in use; its variants are left out")
-    expected = baseline(body)
-    rows = expected[1]
+    expected: dict[str, tuple[Any, int]] = {"counts": baseline(body)}
+    if args.stats:
+        expected["stats"] = baseline_stats(body)
+    rows = expected["counts"][1]
     for name, run in variants.items():
-        assert run() == expected, f"{name} counts differ from the baseline"
+        assert run() == expected[mode(name)], f"{name} differs from the plain {mode(name)}"
 
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
@@ -248,10 +400,11 @@ def main() -> None:
         f"{'variant':28} {'median s':>9} {'min-max s':>15} {'M rows/s':>9} {'MB/s':>7} "
         f"{'x base':>7}  (cpu)"
     )
-    base_wall = statistics.median(wall["baseline_csv_reader"])
-    base_cpu = statistics.median(cpu["baseline_csv_reader"])
+    bases = {"counts": "baseline_csv_reader", "stats": "baseline_csv_reader_stats"}
     results = {}
     for name in variants:
+        base_wall = statistics.median(wall[bases[mode(name)]])
+        base_cpu = statistics.median(cpu[bases[mode(name)]])
         median_wall = statistics.median(wall[name])
         median_cpu = statistics.median(cpu[name])
         results[name] = {
@@ -273,7 +426,7 @@ def main() -> None:
             f"({rows / median_cpu / 1e6:.2f} M rows/s, x{base_cpu / median_cpu:.2f})"
         )
     threads = None
-    if kernel is not None:
+    if kernel is not None and not args.stats:
         threads = kernel_threads(body, kernel, max(args.repeats, 5))
         for name, result in threads.items():
             assert isinstance(result, dict)

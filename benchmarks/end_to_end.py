@@ -12,6 +12,7 @@ rotates from one repeat to the next (so that drift on a shared machine hits them
   compiled kernel;
 - `pure`: the same with `EXPORT_COUNTER_PURE_PYTHON=1`, the pure-Python fallback (its report
   must say so);
+- `client-stats`, `pure-stats`: the same two with `--stats`, statistics mode;
 - `baseline`: `benchmarks/transfer_only.py EXPORT -s URL -c N`, the transfer alone, through the
   client's own HTTP session;
 - `baseline-lines`: the same with `--count-lines`, which also counts every body's line ends
@@ -21,14 +22,18 @@ rotates from one repeat to the next (so that drift on a shared machine hits them
 
 For A/B measurements of a change to the client, `--source LABEL=DIR` adds a variant
 `client-LABEL`: the client with `PYTHONPATH=DIR`, a copy of `src/` (with the built kernel) as
-it was before or after the change, run in the same rotation as the others.
+it was before or after the change, run in the same rotation as the others; `--stats-source
+LABEL=DIR` adds `client-stats-LABEL`, the same in statistics mode.
 
 The server is started here on a free loopback port (`--server-workers`, default 2): without a
 cache (`generating`, every body generated as the reference server does) or with `--cache-dir`
 (`cached`), which is warmed first by one transfer-only pass and must then hold exactly the
 export's downloads. Every client, pure and duckdb run must write exactly the committed
-`<export>.json`. Before each repeat the script waits (up to `--patience` s) until other work
-uses less than 10% of the cores, and each run records the CPU that other work used meanwhile
+`<export>.json`. Every statistics run must write the same bytes as every other statistics run
+of the benchmark (kernel and pure core alike), the counts in it must be the committed
+`<export>.json`'s, and where `results/stats-<export>.json` exists, it must be those bytes.
+Before each repeat the script waits (up to `--patience` s) until other work uses less than 10%
+of the cores, and each run records the CPU that other work used meanwhile
 (`other_cpu_seconds`); a repeat in which other work used more than `--max-other` of the cores
 (10%) during any of its runs is discarded (kept apart in the results) and run again, at most
 `--retries` times in all. Measured per run (see `_bench.py`): wall seconds of the
@@ -36,7 +41,9 @@ whole process, user+system CPU seconds, peak RSS (`ru_maxrss`), the server's CPU
 `--timeline`, the cores the client and the server used every 50 ms.
 
 Writes `results/end_to_end-<export>-<mode>.{json,md}`: every run, the medians with min..max,
-and the ratios to the baseline and to DuckDB of the medians.
+and the ratios of the medians to those of `client`, `client-stats`, the baselines and DuckDB
+(each that ran). `--out-name` replaces the file names' stem (`end_to_end-small-cached-stats`,
+say), so that a run of other variants does not overwrite the README's.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from _bench import (
     Measured,
     Spread,
     check_output,
+    check_stats_output,
     command_line,
     compile_bytecode,
     core_use,
@@ -75,9 +83,10 @@ from export_client._counting import PURE_PYTHON_ENV
 from export_server import REFERENCE_CATALOG, ServerProcess
 
 DUCKDB_COUNT = HERE / "duckdb_count.py"
-VARIANTS = ("client", "pure", "baseline", "baseline-lines", "duckdb")
-# What wall times are compared with, as ratios of the medians.
-REFERENCES = ("baseline", "baseline-lines", "duckdb")
+VARIANTS = ("client", "pure", "client-stats", "pure-stats", "baseline", "baseline-lines", "duckdb")
+# What wall times are compared with, as ratios of the medians (those of the run's variants).
+REFERENCES = ("client", "client-stats", "baseline", "baseline-lines", "duckdb")
+REFERENCE_NAMES = {"duckdb": "DuckDB"}
 METRICS = (
     "wall_seconds",
     "cpu_seconds",
@@ -100,23 +109,31 @@ class Runner:
         self.url = url
         self.server = server
         self.scratch = scratch
+        self.stats_output: bytes | None = None  # the first statistics run's, for the others
 
     def run(self, variant: str) -> dict[str, Any]:
-        if variant.startswith("client-"):
-            return self._counted(pure=False, source=self.args.sources[variant])
+        if variant in self.args.sources:
+            stats = variant.startswith("client-stats-")
+            return self._counted(pure=False, stats=stats, source=self.args.sources[variant])
         if variant == "baseline-lines":
             return self._baseline("--count-lines")
+        if variant.endswith("-stats"):
+            return self._counted(pure=variant == "pure-stats", stats=True)
         return getattr(self, f"_{variant}")()  # type: ignore[no-any-return]
 
-    def _client_command(self, output: Path, report: Path) -> list[str]:
+    def _client_command(self, output: Path, report: Path, *, stats: bool) -> list[str]:
         command = [sys.executable, "-m", "export_client", self.args.export, "-s", self.url]
         command += ["-c", str(self.args.concurrency), "-q", "-o", str(output)]
         command += ["--report", str(report)]
+        if stats:
+            command.append("--stats")
         if self.args.threads is not None:
             command += ["--threads", str(self.args.threads)]
         return command
 
-    def _counted(self, *, pure: bool, source: Path | None = None) -> dict[str, Any]:
+    def _counted(
+        self, *, pure: bool, stats: bool = False, source: Path | None = None
+    ) -> dict[str, Any]:
         output, report_file = self.scratch / "counts.json", self.scratch / "report.json"
         output.unlink(missing_ok=True)
         report_file.unlink(missing_ok=True)
@@ -124,13 +141,16 @@ class Runner:
         if source is not None:
             env["PYTHONPATH"] = str(source)
         measured = measure(
-            self._client_command(output, report_file),
+            self._client_command(output, report_file, stats=stats),
             timeout=self.args.timeout,
             server=self.server,
             timeline=self.args.timeline,
             env=env,
         )
-        check_output(self.args.export, output)
+        if stats:
+            self._check_stats(output.read_bytes())
+        else:
+            check_output(self.args.export, output)
         report = json.loads(report_file.read_text())
         core = "pure Python" if pure else "compiled"
         if report["counting_core"] != core:
@@ -142,6 +162,13 @@ class Runner:
             own_seconds=report["seconds"],
             retries=report["retries"],
         )
+
+    def _check_stats(self, output: bytes) -> None:
+        check_stats_output(self.args.export, output)
+        if self.stats_output is None:
+            self.stats_output = output
+        elif output != self.stats_output:
+            raise BenchmarkError("two statistics runs of the same export wrote different bytes")
 
     def _client(self) -> dict[str, Any]:
         return self._counted(pure=False)
@@ -240,6 +267,7 @@ def markdown(
         return value.text(fmt)
 
     rows = args.rows
+    references = [reference for reference in REFERENCES if reference in summary]
     lines = [
         f"End to end, export `{args.export}` ({rows:,} rows, {args.bytes / 1e6:,.0f} MB), "
         f"server `{args.mode}`, `-c {args.concurrency}`: medians (min..max) of "
@@ -249,21 +277,22 @@ def markdown(
         "",
         machine_line(info),
         "",
-        "| variant | wall s | rows/s | CPU s | peak RSS MB | server CPU s | other CPU s "
-        "| wall / baseline | wall / baseline-lines | wall / DuckDB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| variant | wall s | rows/s | CPU s | peak RSS MB | server CPU s | other CPU s | "
+        + "".join(f"wall / {REFERENCE_NAMES.get(name, name)} | " for name in references).rstrip(),
+        "|---|--:|--:|--:|--:|--:|--:|" + "--:|" * len(references),
     ]
     for variant, figures in summary.items():
         median = figures["wall_seconds"]["median"]
         ratios = [
             f"{figures[key]:.2f}" if key in figures else ""
-            for key in (f"wall_vs_{reference}" for reference in REFERENCES)
+            for key in (f"wall_vs_{reference}" for reference in references)
         ]
         lines.append(
             f"| {variant} | {spread(figures, 'wall_seconds', '.3f')} | {rows / median:,.0f} "
             f"| {spread(figures, 'cpu_seconds', '.2f')} | {spread(figures, 'peak_rss_mb', '.1f')} "
             f"| {spread(figures, 'server_cpu_seconds', '.2f')} "
-            f"| {spread(figures, 'other_cpu_seconds', '.2f')} | {' | '.join(ratios)} |"
+            f"| {spread(figures, 'other_cpu_seconds', '.2f')} |"
+            + "".join(f" {ratio} |" for ratio in ratios)
         )
     return "\n".join(lines) + "\n"
 
@@ -286,6 +315,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LABEL=DIR",
         help="also run the client from DIR (a copy of src/) as variant client-LABEL",
     )
+    parser.add_argument(
+        "--stats-source",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the client from DIR with --stats as variant client-stats-LABEL",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs of each variant")
     parser.add_argument("-c", "--concurrency", type=int, default=8, help="client and baseline -c")
     parser.add_argument("--threads", type=int, help="client --threads (default: one per core)")
@@ -301,14 +337,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--patience", type=float, default=900.0, help="seconds to wait for quiet")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
+    parser.add_argument("--out-name", help="the results' file name without suffix")
     args = parser.parse_args(argv)
     args.sources = {}
-    for source in args.source:
-        label, _, directory = source.partition("=")
-        path = Path(directory).resolve()
-        if not label or not (path / "export_client" / "__init__.py").is_file():
-            parser.error(f"--source {source}: not LABEL=DIR with DIR a copy of src/")
-        args.sources[f"client-{label}"] = path
+    for option, prefix, sources in (
+        ("--source", "client-", args.source),
+        ("--stats-source", "client-stats-", args.stats_source),
+    ):
+        for source in sources:
+            label, _, directory = source.partition("=")
+            path = Path(directory).resolve()
+            if not label or not (path / "export_client" / "__init__.py").is_file():
+                parser.error(f"{option} {source}: not LABEL=DIR with DIR a copy of src/")
+            if f"{prefix}{label}" in VARIANTS:
+                parser.error(f"{option} {source}: {prefix}{label} is a variant already")
+            args.sources[f"{prefix}{label}"] = path
     args.variants = list(dict.fromkeys([*args.variants, *args.sources]))
     if args.mode == "cached" and args.cache_dir is None:
         parser.error("--mode cached needs --cache-dir")
@@ -383,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "discarded_repeats": discarded,
     }
-    stem = args.out_dir / f"end_to_end-{args.export}-{args.mode}"
+    stem = args.out_dir / (args.out_name or f"end_to_end-{args.export}-{args.mode}")
     write_atomically(stem.with_suffix(".json"), json.dumps(document, indent=2) + "\n")
     write_atomically(stem.with_suffix(".md"), text)
     say(f"wrote {stem}.json and .md")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._results import DownloadResult, ExportReport
     from ._retry import Retryable, RetryPolicy
     from ._source import BodyStream, ExportSource, Unreachable
+    from ._stats import DEFAULT_NORMAL_RANGES, GroupStats
 
 __version__ = "0.2.0"
 
@@ -68,12 +69,14 @@ _MODULES = {
     "_results": ("DownloadResult", "ExportReport"),
     "_retry": ("RetryPolicy", "Retryable"),
     "_source": ("BodyStream", "ExportSource", "Unreachable"),
+    "_stats": ("DEFAULT_NORMAL_RANGES", "GroupStats"),
 }
 _HOMES = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "COUNTING_CORE",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_NORMAL_RANGES",
     "DEFAULT_SERVER",
     "BlockCount",
     "BodyCount",
@@ -89,6 +92,7 @@ __all__ = [
     "ExportClientError",
     "ExportReport",
     "ExportSource",
+    "GroupStats",
     "IncompleteDownloadError",
     "LineSplitter",
     "MalformedDownloadError",

@@ -8,8 +8,9 @@ done with C-level operations over whole columns rather than a Python step per ro
   shape repeated), the time of day by its digits taken with strided slices of the column, and
   the dates once per distinct date, found by bisection when the times are in order; other
   times go through one regular expression, and are rewritten so that they order as text;
-- values are checked the same way, then summed from a histogram of (group, value) pairs, so
-  each distinct value is parsed once;
+- values are counted into a histogram of (group, value) pairs, and each distinct value is
+  parsed (and checked) once, with `parse_value`, as are the patients and event types for
+  emptiness: a few hundred keys instead of every row;
 - a group's earliest and latest time are the first and last it has in time order.
 
 Anything the fast path cannot prove goes row by row: the counting core's exact path, which adds
@@ -32,7 +33,6 @@ Groups = dict[tuple[bytes, bytes], GroupStats]
 
 _DIGITS = b"0123456789"
 _ZEROS = bytes.maketrans(_DIGITS, b"0" * 10)
-_VALUES = re.compile(rb"(?:[+-]?[0-9]{1,300}(?:\.[0-9]{1,300})?\n)*")
 _TIME = re.compile(
     rb"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
     rb"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z?"
@@ -54,18 +54,17 @@ def count_stats_fast(fields: list[bytes], layout: CsvLayout, stats: Statistics) 
     ncols = layout.field_count
     assert layout.time_index is not None
     assert layout.value_index is not None
+    checked = _checked_times(fields[layout.time_index :: ncols])
+    if checked is None:
+        return None
+    times, in_order = checked
     patients = fields[layout.patient_index :: ncols]
     event_types = fields[layout.event_type_index :: ncols]
-    if not all(patients) or not all(event_types):
-        return None
     values = fields[layout.value_index :: ncols]
-    if not _values_parse(values):
-        return None
-    times = _checked_times(fields[layout.time_index :: ncols])
-    if times is None:
-        return None
     found = _groups_of_values(Counter(zip(patients, event_types, values, strict=True)), stats)
-    if not _in_time_order(times):
+    if found is None:
+        return None
+    if not in_order:
         order = sorted(range(len(times)), key=times.__getitem__)
         patients = list(map(patients.__getitem__, order))
         event_types = list(map(event_types.__getitem__, order))
@@ -78,29 +77,19 @@ def count_stats_fast(fields: list[bytes], layout: CsvLayout, stats: Statistics) 
     return found
 
 
-def _values_parse(values: list[bytes]) -> bool:
-    joined = b"\n".join(values) + b"\n"
-    # The usual values, unsigned integers, at C speed: nothing but digits between the line
-    # ends, and 1 to 300 of them; anything else is left to the expression.
-    if len(joined.translate(None, _DIGITS)) == len(values):
-        lengths = list(map(len, values))
-        if min(lengths) > 0 and max(lengths) <= 300:
-            return True
-    return _VALUES.fullmatch(joined) is not None
-
-
-def _checked_times(times: list[bytes]) -> list[bytes] | None:
-    """`times` if every one parses, rewritten if need be so that they order as text; or None."""
+def _checked_times(times: list[bytes]) -> tuple[list[bytes], bool] | None:
+    """`times` if every one parses, rewritten if need be so that they order as text, and
+    whether they are in order; or None."""
     joined = b"\n".join(times) + b"\n"
     line = len(times[0]) + 1
     shape = times[0].translate(_ZEROS) + b"\n"
     if _TIME.fullmatch(times[0]) is not None and joined.translate(_ZEROS) == shape * len(times):
         # All written alike: the first is valid, so where its digits are, everyone's are; the
-        # time of day is checked on its own digits.
+        # time of day is checked on its own digits (deleting the digits allowed leaves none).
         hour_tens = joined[11::line]
-        if max(hour_tens) > ord("2") or max(joined[14::line]) > ord("5"):
+        if hour_tens.translate(None, b"012") or joined[14::line].translate(None, b"012345"):
             return None
-        if max(joined[17::line]) > ord("5"):
+        if joined[17::line].translate(None, b"012345"):
             return None
         # No hour 24 to 29: a tens of 2 and a units above 3 in one row.
         tens = int.from_bytes(hour_tens.translate(_TENS_OF_TWENTY))
@@ -111,15 +100,16 @@ def _checked_times(times: list[bytes]) -> list[bytes] | None:
         comparable = _comparable(joined)
     else:
         return None
+    in_order = _in_time_order(comparable)
     # The shape and the expression check every field's range but a day's: February 30.
-    if any(parse_time(date + b"T00:00:00") is None for date in _dates(comparable)):
+    if any(parse_time(date + b"T00:00:00") is None for date in _dates(comparable, in_order)):
         return None
-    return comparable
+    return comparable, in_order
 
 
-def _dates(times: list[bytes]) -> set[bytes]:
-    """The distinct dates of the times (`YYYY-MM-DD`)."""
-    if not _in_time_order(times):
+def _dates(times: list[bytes], in_order: bool) -> set[bytes]:
+    """The distinct dates of the times (`YYYY-MM-DD`), which are `in_order` or not."""
+    if not in_order:
         return set(map(_DATE, times))
     # In order, each date's times are one run: jump from run to run. A date's times all sort
     # before the date followed by "U", as the date is followed by "T".
@@ -157,14 +147,21 @@ def _find(patients: list[bytes], event_types: list[bytes], key: tuple[bytes, byt
     return row
 
 
-def _groups_of_values(histogram: Counter[tuple[bytes, bytes, bytes]], stats: Statistics) -> Groups:
-    """Each group's count, sum, extremes and anomalies, from its (value, occurrences) pairs."""
-    parsed: dict[bytes, Number] = {}
+def _groups_of_values(
+    histogram: Counter[tuple[bytes, bytes, bytes]], stats: Statistics
+) -> Groups | None:
+    """Each group's count, sum, extremes and anomalies, from its (value, occurrences) pairs;
+    None if a patient or an event type is empty or a value does not parse. Checking the few
+    distinct keys is cheaper than searching every row's fields."""
+    parsed: dict[bytes, Number | None] = {}
     groups: Groups = {}
     for (patient, event_type, text), times in histogram.items():
-        value = parsed.get(text)
-        if value is None:
-            value = parsed[text] = _value(text)
+        if text in parsed:
+            value = parsed[text]
+        else:
+            value = parsed[text] = parse_value(text)
+        if value is None or not patient or not event_type:
+            return None
         bounds = stats.ranges.get(event_type)
         anomalies = None if bounds is None else 0 if bounds[0] <= value <= bounds[1] else times
         group = groups.get((patient, event_type))
@@ -183,12 +180,6 @@ def _groups_of_values(histogram: Counter[tuple[bytes, bytes, bytes]], stats: Sta
             assert group.anomalies is not None
             group.anomalies += anomalies
     return groups
-
-
-def _value(text: bytes) -> Number:
-    value = parse_value(text)
-    assert value is not None, "checked with the column"
-    return value
 
 
 def _time(text: bytes) -> int:

@@ -18,7 +18,9 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -28,6 +30,7 @@ from export_client._options import SERVER_ENV
 from export_server import Catalog, ExportSpec, FaultConfig, generate_body, running_server
 
 from .hostile import hostile_server
+from .stats_reference import ISSUE_RANGES, Number, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -441,6 +444,87 @@ def test_table_format_has_patients_down_types_across_and_totals(server: str) -> 
     assert total.split()[1:] == [f"{expected['totals'][t]:,}" for t in sorted(expected["totals"])]
     for patient in expected["patients"]:
         assert any(line.split()[:1] == [patient] for line in lines)
+
+
+STATS_COLUMNS = ["count", "mean", "min", "max", "anomalies", "latency"]
+
+
+def tiny_stats(ranges: dict[str, tuple[Number, Number]] = ISSUE_RANGES) -> dict[str, Any]:
+    """tiny's statistics, by the row-by-row reference over the bodies the server sends."""
+    bodies = [b"".join(generate_body(download)) for download in TINY.downloads("tiny") or ()]
+    merged = bodies[0] + b"".join(body.split(b"\n", 1)[1] for body in bodies[1:])
+    return reference(merged, ranges)
+
+
+def test_stats_in_every_format(server: str) -> None:
+    expected = tiny_stats()
+    code, out, err = invoke("tiny", "-s", server, "--stats")
+    assert code == 0, err
+    assert json.loads(out) == expected
+    code, out, err = invoke("tiny", "-s", server, "--stats", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["patient_id", "event_type", *STATS_COLUMNS]
+    assert rows[1:] == sorted(rows[1:])
+    assert {(p, t): [json.loads(cell) for cell in cells] for p, t, *cells in rows[1:]} == {
+        (p, t): [figures[name] for name in STATS_COLUMNS]
+        for p, types in expected["patients"].items()
+        for t, figures in types.items()
+    }
+    code, out, err = invoke("tiny", "-s", server, "--stats", "-f", "table")
+    assert code == 0, err
+    lines = [line.split() for line in out.splitlines()]
+    assert ["patient", "event", "type", *STATS_COLUMNS] in lines
+
+    def cells(figures: dict[str, Any]) -> list[str]:
+        return [
+            f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
+            for value in (figures[name] for name in STATS_COLUMNS)
+        ]
+
+    for patient, types in expected["patients"].items():
+        for event_type, figures in types.items():
+            assert [patient, event_type, *cells(figures)] in lines
+    for event_type, figures in expected["totals"].items():
+        assert ["total", event_type, *cells(figures)] in lines
+
+
+def test_normal_range_overrides_and_adds(server: str) -> None:
+    code, out, err = invoke(
+        "tiny",
+        "-s",
+        server,
+        "--stats",
+        "--normal-range",
+        "heart_rate=60:100",
+        "--normal-range",
+        "spo2=95.5:99",
+        "--normal-range",
+        "temperature=36.1:37.5",
+    )
+    assert code == 0, err
+    ranges = {**ISSUE_RANGES, "heart_rate": (60, 100), "spo2": (Fraction(191, 2), 99)}
+    expected = tiny_stats(ranges)
+    assert expected["totals"] != tiny_stats()["totals"]
+    assert json.loads(out) == expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--normal-range", "heart_rate=60:100"],
+        ["--stats", "--normal-range", "heart_rate=100:60"],
+        ["--stats", "--normal-range", "heart_rate"],
+        ["--stats", "--normal-range", "heart_rate=low:high"],
+    ],
+)
+def test_a_normal_range_it_cannot_use_is_a_usage_error(args: list[str]) -> None:
+    with hostile_server({}) as recorder:
+        code, out, err = invoke("tiny", "-s", recorder.url, *args)
+        assert recorder.requests == []
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
 
 
 def test_an_unknown_format_is_a_usage_error(server: str) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import gc
+import ast
 import itertools
 import json
-import re
+import tracemalloc
 from collections.abc import Iterable
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import export_client
+from export_client import MalformedDownloadError, count_export
 from export_client._body import count_body
 from export_client._cli import app
 from export_client._stats import (
@@ -31,131 +31,34 @@ from export_client._stats import (
 )
 from export_server import REFERENCE_CATALOG, running_server
 
+from . import stats_reference
+from .memory import MemorySource
+from .stats_reference import ISSUE_RANGES, reference
+
 pytestmark = pytest.mark.usefixtures("counting_core")
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 STATS = Statistics.of()
 
-# The reference below is written from the README's definitions, not from the code.
-INTEGER = re.compile(r"[+-]?[0-9]+")
-DECIMAL = re.compile(r"[+-]?[0-9]+\.[0-9]+")
-TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z?")
+
+def test_the_reference_imports_nothing_of_the_code_under_test() -> None:
+    tree = ast.parse(Path(stats_reference.__file__).read_text())
+    imported = [
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+        )
+    ]
+    assert imported
+    assert not [name for name in imported if name.split(".")[0] in ("export_client", "")]
 
 
-def reference_value(text: str) -> Number | None:
-    if text.isdecimal() and text.isascii() and len(text) <= 300:  # the usual case, quickly
-        return int(text)
-    if INTEGER.fullmatch(text) and len(text.lstrip("+-")) <= 300:
-        return int(text)
-    if DECIMAL.fullmatch(text) and len(text.lstrip("+-")) <= 301:
-        return Fraction(Decimal(text))
-    return None
-
-
-EPOCH = datetime(1970, 1, 1)
-
-
-def reference_time(text: str) -> int | None:
-    # The server's form, checked quickly; fromisoformat checks the rest of it.
-    usual = len(text) == 27 and text[10] == "T" and text[19] == "." and text[26] == "Z"
-    if not usual and not TIME.fullmatch(text):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.removesuffix("Z"))
-    except ValueError:
-        return None
-    delta = moment - EPOCH  # both naive: the times are UTC, with Z or without
-    return (delta.days * 86_400 + delta.seconds) * 10**6 + delta.microseconds
-
-
-def reference(body: bytes, ranges: dict[str, tuple[Number, Number]]) -> dict[str, object]:
-    """Count, mean, min, max, anomalies and latency per group, one row at a time."""
-    # Millions of rows kept as objects would keep the cyclic collector busy for nothing.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _reference(body, ranges)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _reference(body: bytes, ranges: dict[str, tuple[Number, Number]]) -> dict[str, object]:
-    text = body.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
-    header: list[str] | None = None
-    values: dict[tuple[str, str], list[Number]] = {}
-    times: dict[tuple[str, str], list[int]] = {}
-    if '"' in text or "\r" in text:
-        lines = [line + "\n" for line in text.split("\n")]
-        lines[-1] = lines[-1][:-1]
-        rows: Iterable[list[str]] = _rows(line for line in lines if line)
-    else:  # what csv would read, more quickly: the export's millions of rows
-        rows = (line.split(",") for line in text.split("\n") if line)
-    for row in rows:
-        if not row:
-            continue
-        if header is None:
-            header = [name.strip() for name in row]
-            columns = [header.index(name) for name in ("patient_id", "event_type")]
-            value_column, time_column = header.index("value"), header.index("event_time")
-            continue
-        if len(row) != len(header):
-            continue
-        key = (row[columns[0]], row[columns[1]])
-        value = reference_value(row[value_column])
-        moment = reference_time(row[time_column])
-        if not key[0] or not key[1] or value is None or moment is None:
-            continue
-        values.setdefault(key, []).append(value)
-        times.setdefault(key, []).append(moment)
-
-    def figures(numbers: list[Number], moments: list[int], event_type: str) -> dict[str, object]:
-        ordered = sorted(moments)
-        gaps = sum(later - earlier for earlier, later in itertools.pairwise(ordered))
-        bounds = ranges.get(event_type)
-        return {
-            "count": len(numbers),
-            "mean": float(round(Fraction(sum(numbers)) / len(numbers), 3)),
-            "min": min(numbers),
-            "max": max(numbers),
-            "anomalies": None
-            if bounds is None
-            else sum(1 for v in numbers if v < bounds[0] or v > bounds[1]),
-            "latency": float(round(Fraction(gaps, (len(ordered) - 1) * 10**6), 3))
-            if len(ordered) > 1
-            else None,
-        }
-
-    type_values: dict[str, list[Number]] = {}
-    type_times: dict[str, list[int]] = {}
-    patients: dict[str, dict[str, object]] = {}
-    for (patient, event_type), numbers in sorted(values.items()):
-        moments = times[(patient, event_type)]
-        patients.setdefault(patient, {})[event_type] = figures(numbers, moments, event_type)
-        type_values.setdefault(event_type, []).extend(numbers)
-        type_times.setdefault(event_type, []).extend(moments)
-    totals = {
-        name: figures(numbers, type_times[name], name)
-        for name, numbers in sorted(type_values.items())
-    }
-    return {"patients": patients, "totals": totals}
-
-
-def _rows(lines: Iterable[str]) -> Iterable[list[str]]:
-    """csv.reader's rows, reading plain lines the quick way (a split) and skipping what csv
-    cannot read, as the client counts such a line as malformed."""
-    pending = iter(lines)
-    for line in pending:
-        if '"' not in line and "\r" not in line:
-            yield line.rstrip("\n").split(",") if line.strip("\n") else []
-            continue
-        reader = csv.reader(itertools.chain([line], pending))
-        try:
-            yield next(reader)
-        except csv.Error:
-            yield ["malformed"]
-        except StopIteration:
-            return
+def test_the_default_ranges_are_the_issue_s() -> None:
+    assert dict(DEFAULT_NORMAL_RANGES) == ISSUE_RANGES
 
 
 def counted(chunks: Iterable[bytes], stats: Statistics = STATS) -> dict[str, object]:
@@ -328,7 +231,7 @@ def generated(rows: int) -> bytes:
 def test_a_clean_body_matches_the_reference(chunk: int) -> None:
     body = generated(5000)
     chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
-    assert normalized(counted(chunks)) == normalized(reference(body, dict(DEFAULT_NORMAL_RANGES)))
+    assert normalized(counted(chunks)) == normalized(reference(body, ISSUE_RANGES))
 
 
 def test_rows_whose_time_or_value_does_not_parse_are_malformed() -> None:
@@ -344,6 +247,19 @@ def test_rows_whose_time_or_value_does_not_parse_are_malformed() -> None:
     assert result.counts.groups is not None
     group = result.counts.groups[(b"P1", b"heart_rate")]
     assert (group.count, group.anomalies, group.minimum, group.maximum) == (2, 1, 70, 200)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"1" * 200 + b"." + b"1" * 200, b"-" + b"9" * 150 + b"." + b"9" * 151, b"1" * 301],
+)
+def test_a_value_of_over_300_digits_is_malformed(value: bytes) -> None:
+    rows = [b"P1,2025-08-26T00:00:%02dZ,heart_rate,7%d\n" % (i, i) for i in range(50)]
+    rows[20] = b"P1,2025-08-26T00:00:20Z,heart_rate," + value + b"\n"
+    result = count_body([HEADER + b"".join(rows)], stats=STATS)
+    assert (result.counts.rows, result.counts.malformed) == (50, 1)
+    assert result.counts.groups is not None
+    assert result.counts.groups[(b"P1", b"heart_rate")].count == 49
 
 
 def test_a_header_without_time_or_value_is_a_format_error() -> None:
@@ -367,7 +283,21 @@ LINE_PARTS = st.sampled_from(
     ]
 )
 VALUES = st.sampled_from(
-    [b"70", b"-3", b"+5", b"200", b"97.5", b"0.25", b"1e3", b"", b"x", b"9" * 25]
+    [
+        b"70",
+        b"-3",
+        b"+5",
+        b"200",
+        b"97.5",
+        b"0.25",
+        b"1e3",
+        b"",
+        b"x",
+        b"9" * 25,
+        b"9" * 300,
+        b"9" * 299 + b".5",
+        b"9" * 200 + b"." + b"9" * 101,
+    ]
 )
 
 
@@ -395,7 +325,7 @@ def bodies(draw: st.DrawFn) -> bytes:
 def test_any_body_split_anywhere_matches_the_reference(body: bytes, points: list[int]) -> None:
     bounds = [0, *sorted(p for p in points if p <= len(body)), len(body)]
     chunks = [body[a:b] for a, b in itertools.pairwise(bounds)]
-    expected = reference(body, dict(DEFAULT_NORMAL_RANGES))
+    expected = reference(body, ISSUE_RANGES)
     assert normalized(counted(chunks)) == normalized(expected)
 
 
@@ -407,7 +337,7 @@ def test_clean_blocks_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(_pure, "_count_exact", fail)
     body = generated(20_000)  # times of mixed forms, some decimal values
-    assert normalized(counted([body])) == normalized(reference(body, dict(DEFAULT_NORMAL_RANGES)))
+    assert normalized(counted([body])) == normalized(reference(body, ISSUE_RANGES))
 
 
 # End to end: the real CLI against the real server, and the reference over the same bytes
@@ -427,7 +357,7 @@ def test_cli_stats_agree_with_the_reference(
     downloads = REFERENCE_CATALOG.downloads(export_id) or []
     bodies = [(cache / f"{download.id}.csv").read_bytes() for download in downloads]
     merged = HEADER + b"".join(body.split(b"\n", 1)[1] for body in bodies)
-    assert json.loads(result.stdout) == reference(merged, dict(DEFAULT_NORMAL_RANGES))
+    assert json.loads(result.stdout) == reference(merged, ISSUE_RANGES)
 
 
 @pytest.mark.parametrize(
@@ -453,3 +383,88 @@ def test_a_time_written_like_the_others_that_is_no_time_is_malformed(bad: bytes)
     assert (result.counts.rows, result.counts.malformed) == (600, 1)
     assert result.counts.groups is not None
     assert result.counts.groups[(b"P1", b"heart_rate")].count == 599
+
+
+# Bounded memory, and the library
+
+
+def _days_of_rows(rows: bytes, days: int) -> Iterable[bytes]:
+    """`days` copies of `rows`, each on a day of its own, made as they are read."""
+    yield HEADER
+    for day in range(days):
+        date = (datetime(2025, 1, 1) + timedelta(days=day)).strftime("%Y-%m-%d").encode()
+        yield rows.replace(b"2025-08-26", date)
+
+
+def test_memory_does_not_grow_with_the_rows() -> None:
+    # Times of every form, some decimal values, a type with no range.
+    rows = generated(10_000)[len(HEADER) :]
+    peaks = []
+    for days in (2, 16):
+        tracemalloc.start()
+        try:
+            result = count_body(_days_of_rows(rows, days), stats=STATS)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert result.counts.rows == days * 10_000
+        assert result.counts.groups is not None
+        assert len(result.counts.groups) == 4 * 5
+    # Eight times the rows, the same peak: what is held is each chunk while it is counted and a
+    # fixed set of accumulators per group.
+    assert peaks[1] < peaks[0] * 1.1 + 100_000, peaks
+
+
+def test_the_library_keeps_the_figures_exact() -> None:
+    body = HEADER + (
+        b"P001,2025-08-26T00:00:00Z,bp_sys,100\n"
+        b"P001,2025-08-26T00:00:03.5,bp_sys,101\n"
+        b"P002,2025-08-26T00:00:01.25Z,bp_sys,150\n"
+        b"P002,2025-08-26T00:00:02Z,temperature,36.6\n"
+        b"P002,2025-08-26T00:00:04Z,temperature,37\n"
+    )
+    ranges = {"bp_sys": (100, 140)}
+    source = MemorySource({"d1": body})
+    report = count_export("demo", source=source, stats=True, normal_ranges=ranges)
+    assert report.stats is not None
+    assert report.type_stats is not None
+    first = report.stats["P001"]["bp_sys"]
+    assert isinstance(first, export_client.GroupStats)  # a public name
+    assert (first.count, first.minimum, first.maximum, first.anomalies) == (2, 100, 101, 0)
+    assert (first.mean, first.latency) == (Fraction(201, 2), Fraction(7, 2))
+    temperature = report.stats["P002"]["temperature"]
+    assert (temperature.mean, temperature.anomalies) == (Fraction(184, 5), None)
+    assert temperature.latency == 2
+    total = report.type_stats["bp_sys"]
+    assert (total.count, total.mean, total.anomalies) == (3, Fraction(117), 1)
+    assert total.latency == Fraction(7, 4)
+    assert json.loads(report.to_json())["totals"]["temperature"] == {
+        "count": 2,
+        "mean": 36.8,
+        "min": 36.6,
+        "max": 37,
+        "anomalies": None,
+        "latency": 2.0,
+    }
+
+
+def test_strict_fails_on_a_row_whose_time_does_not_parse() -> None:
+    body = HEADER + b"P001,2025-08-26T00:00:00Z,bp_sys,100\nP001,2025-08-26 00:00:01,bp_sys,90\n"
+    report = count_export("demo", source=MemorySource({"d1": body}), stats=True)
+    assert (report.rows, report.malformed) == (2, 1)
+    with pytest.raises(MalformedDownloadError, match="1 malformed rows"):
+        count_export("demo", source=MemorySource({"d1": body}), stats=True, strict=True)
+
+
+def test_csv_and_table_show_what_a_single_event_of_a_type_without_a_range_lacks() -> None:
+    from export_client._formats import render
+
+    body = HEADER + b"P001,2025-08-26T00:00:00Z,temperature,36.6\n"
+    report = count_export("demo", source=MemorySource({"d1": body}), stats=True)
+    assert render(report, "csv").decode().splitlines() == [
+        "patient_id,event_type,count,mean,min,max,anomalies,latency",
+        "P001,temperature,1,36.6,36.6,36.6,,",
+    ]
+    lines = [line.split() for line in render(report, "table").decode().splitlines()]
+    assert ["P001", "temperature", "1", "36.600", "36.600", "36.600", "-", "-"] in lines
+    assert ["total", "temperature", "1", "36.600", "36.600", "36.600", "-", "-"] in lines
