@@ -15,6 +15,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -598,3 +599,23 @@ def test_rich_is_not_imported_when_stderr_is_not_a_terminal(server: str) -> None
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
     assert "export_client._client" in imported
     assert not [name for name in imported if name.split(".")[0] == "rich"]
+
+
+def test_limit_rate_caps_the_bytes_per_second_over_all_downloads(server: str) -> None:
+    size = sum(len(b"".join(generate_body(download))) for download in TINY.downloads("tiny") or ())
+    rate = size // 2  # bytes per second: about two seconds for the whole export
+    started = time.monotonic()
+    code, out, err = invoke("tiny", "-s", server, "--limit-rate", str(rate), "-c", "3")
+    elapsed = time.monotonic() - started
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+    # The bucket lets a tenth of a second's worth through at once; loosely, for a busy machine.
+    assert 1.8 <= elapsed < 20
+
+
+@pytest.mark.parametrize("rate", ["0", "fast", "20MB", "-5K"])
+def test_a_rate_it_cannot_use_is_a_usage_error(rate: str) -> None:
+    code, out, err = invoke("tiny", "--limit-rate", rate)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: Invalid value for '--limit-rate'")
