@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -80,7 +81,7 @@ class ClusterAddress:
 
 def local_cluster_settings(workers: int, *, processes: bool = True) -> dict[str, Any]:
     """The settings of a LocalCluster for one run: `workers` single-threaded workers (each one
-    download at a time), no dashboard, Dask's logging above warnings only; threads instead of
+    download at a time), no dashboard, Dask's logging of errors only; threads instead of
     processes where processes are not the point (tests)."""
     return {
         "n_workers": workers,
@@ -90,11 +91,21 @@ def local_cluster_settings(workers: int, *, processes: bool = True) -> dict[str,
         # The scheduler serves its health routes over HTTP even so: on a free loopback port,
         # not on 8787 (which another cluster may hold) of every interface.
         "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
-        "silence_logs": logging.WARNING,
+        # Dask's warnings here are its own shutdown (tasks cancelled by Ctrl-C or a failure)
+        # or a lost worker, which the client reports itself, as a retry of the download.
+        "silence_logs": logging.ERROR,
         # Loopback TCP even with threads, so the tasks meet the network as on a real cluster.
         "protocol": "tcp://",
         "host": "127.0.0.1",
+        # Each worker process runs this module's dask_setup as it starts.
+        **({"preload": [__name__]} if processes else {}),
     }
+
+
+def dask_setup(worker: object) -> None:
+    """Run in each worker process of a LocalCluster as it starts (its preload): Ctrl-C at a
+    terminal reaches every process of its group, and the client stops its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 async def count_on_cluster(

@@ -25,7 +25,7 @@ from export_client._results import DownloadResult
 from export_client._task import ClusterProgress, WorkerProgress
 from export_server import FaultConfig, running_server
 
-from ..processes import children, command_line, kill_leftovers, wait_for
+from ..processes import children, command_line, kill_leftovers, still_running, wait_for
 from .test_cli import MEDIUM, TINY, expected_json, invoke
 
 distributed = pytest.importorskip("distributed", reason="needs the extra: uv sync --extra dask")
@@ -305,3 +305,27 @@ def test_progress_crosses_the_cluster_as_a_local_run_shows_it() -> None:
     again.counted("a", 30)
     shown.event((0.0, messages[-1]))  # events after the result are dropped
     assert (listener.rows, listener.nbytes, listener.begun) == (100, 1000, 1)
+
+
+def test_ctrl_c_at_a_terminal_stops_the_run_and_its_workers_quietly(
+    reference_server: str,
+) -> None:
+    # A terminal's Ctrl-C is SIGINT to every process of the foreground group, workers included.
+    args = ["demo", "-s", reference_server, "--cluster", "local:1", "--limit-rate", "50K", "-q"]
+    process = subprocess.Popen(
+        [*CLI, *args], stderr=subprocess.PIPE, text=True, cwd=ROOT, process_group=0
+    )
+    workers: list[int] = []
+    try:
+        workers += wait_for(
+            lambda: [p for p in children(process.pid) if "spawn_main" in " ".join(command_line(p))]
+        )
+        time.sleep(3)  # well into the run: a download takes about 8 s
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        kill_leftovers(workers)
+    assert process.returncode == 130, err
+    assert err == "error: interrupted\n"
+    assert still_running(workers, timeout=10) == []
