@@ -13,7 +13,7 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,11 +130,13 @@ async def count_on_cluster(
         client.subscribe_topic(topic, watcher.event)
         job = job.with_topic(topic)
         run = uuid.uuid4().hex[:12]
-        # Keys of their own for every run and download, so that no two tasks, of this run or
-        # another client's, are ever taken for one.
+        # Each run and download has a key of its own, so that no two tasks, of this run or of
+        # another client's, are ever taken for one. The largest go first (by the rows
+        # announced), so that the last to finish is a small one, not a large one started late.
+        largest_first = sorted(enumerate(downloads), key=lambda entry: -entry[1].rows)
         pending = {
             client.submit(count_on_worker, job, info, key=f"count-{run}-{index}", pure=False): info
-            for index, info in enumerate(downloads)
+            for index, info in largest_first
         }
         results: dict[str, DownloadResult] = {}
         try:
@@ -176,14 +178,20 @@ async def _result(future: Any, info: DownloadInfo) -> DownloadResult:
 @asynccontextmanager
 async def _connected(address: ClusterAddress, seconds: float) -> AsyncIterator[Client]:
     """A Dask client of the scheduler at `address`, or of a LocalCluster for this run."""
+    import dask
     from distributed import Client, LocalCluster
 
     if address.scheduler is None:
         settings = local_cluster_settings(address.workers)
-        async with (
-            LocalCluster(asynchronous=True, **settings) as cluster,
-            Client(cluster, asynchronous=True, set_as_default=False) as client,
-        ):
+        # A worker is given its next download when it is done with one, not a second one to
+        # hold meanwhile (Dask's default of 1.1 tasks per thread), which another worker may
+        # then wait for at the end of the run.
+        async with AsyncExitStack() as stack:
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                cluster = LocalCluster(asynchronous=True, **settings)
+                await stack.enter_async_context(cluster)  # its scheduler reads the setting
+            client = Client(cluster, asynchronous=True, set_as_default=False)
+            await stack.enter_async_context(client)
             yield client
         return
     try:
