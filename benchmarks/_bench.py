@@ -386,6 +386,11 @@ def wait_until_quiet(
         time.sleep(poll)
 
 
+def disturbed(batch: Sequence[Mapping[str, Any]], max_other: float) -> bool:
+    """Whether other work used more than `max_other` of the cores during any run of a repeat."""
+    return any(run["other_cpu_seconds"] > max_other * CORES * run["wall_seconds"] for run in batch)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Writes a result file whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)

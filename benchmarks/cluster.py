@@ -19,10 +19,13 @@ The server (`--server-workers`, default 2) serves the cached bodies of `--cache-
 must already hold the export's bodies: see end_to_end.py's warm-up). Every run must write
 exactly the committed `<export>.json`. Before each repeat the script waits (up to `--patience`
 s) until other work uses less than 10% of the cores; each run records the CPU other work used
-meanwhile. Measured per run (see `_bench.py`): wall seconds of the whole process (interpreter
-and cluster start-up included), user+system CPU seconds of the client and the worker processes
-it reaped, the peak RSS of the largest of them, and the client's own seconds (`--report`:
-discovery, cluster start, downloads).
+meanwhile, and a repeat in which other work used more than `--max-other` of the cores (10%)
+during any of its runs is kept apart and run again, at most `--retries` times in all.
+
+Measured per run (see `_bench.py`): wall seconds of the whole process (interpreter and cluster
+start-up included), user+system CPU seconds of the client and the worker processes it reaped,
+the peak RSS of the largest of them, the server's CPU, and the client's own seconds
+(`--report`: discovery, cluster start, downloads).
 
 Writes `results/cluster-<export>.{json,md}`: every run, the medians with min..max, throughput
 as the export's bytes over the median wall time, and the speed-up against `client`.
@@ -47,6 +50,7 @@ from _bench import (
     check_output,
     command_line,
     compile_bytecode,
+    disturbed,
     machine,
     machine_line,
     measure,
@@ -180,6 +184,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each variant")
     parser.add_argument("--server-workers", type=int, default=2, help="server --workers")
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.1,
+        help="a repeat in which other work used more than this share of the cores is run again",
+    )
+    parser.add_argument("--retries", type=int, default=5, help="repeats run again, at most")
     parser.add_argument("--patience", type=float, default=600.0, help="seconds to wait for quiet")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
@@ -206,24 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     chosen = variants(args)
     runs: list[dict[str, Any]] = []
+    discarded: list[list[dict[str, Any]]] = []
     started = time.perf_counter()
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-cluster-") as scratch,
             running_server(args.server_workers, args.cache_dir) as server,
         ):
-            for repeat in range(args.repeats):
+            repeat = 0
+            while repeat < args.repeats:
                 busy = wait_until_quiet(say, patience=args.patience)
-                shift = repeat % len(chosen)
+                shift = (repeat + len(discarded)) % len(chosen)
+                batch = []
                 for name, options in chosen[shift:] + chosen[:shift]:
                     figures = run(args, server, options, Path(scratch))
-                    runs.append({"variant": name, "repeat": repeat, **figures})
-                    runs[-1]["other_work_before"] = round(busy, 3)
+                    batch.append({"variant": name, "repeat": repeat, **figures})
+                    batch[-1]["other_work_before"] = round(busy, 3)
                     say(
                         f"#{repeat + 1} {name}: {figures['wall_seconds']:.2f} s, "
                         f"{figures['cpu_seconds']:.2f} CPU s, other work "
                         f"{figures['other_cpu_seconds']:.2f} CPU s of {CORES} cores"
                     )
+                if disturbed(batch, args.max_other) and len(discarded) < args.retries:
+                    say(f"#{repeat + 1} discarded: other work took over {args.max_other:.0%}")
+                    discarded.append(batch)
+                    continue
+                runs.extend(batch)
+                repeat += 1
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -238,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": json.loads(json.dumps(vars(args), default=str)),
         "summary": summary,
         "runs": runs,
+        "discarded_repeats": discarded,
     }
     stem = args.out_dir / f"cluster-{args.export}"
     write_atomically(stem.with_suffix(".json"), json.dumps(document, indent=2) + "\n")

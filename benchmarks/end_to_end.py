@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 from _bench import (
-    CORES,
     HERE,
     RESULTS,
     TRANSFER_ONLY,
@@ -63,6 +62,7 @@ from _bench import (
     command_line,
     compile_bytecode,
     core_use,
+    disturbed,
     machine,
     machine_line,
     measure,
@@ -185,11 +185,6 @@ class Runner:
                 [round(s.seconds, 3), round(s.rss_mb, 1)] for s in measured.samples
             ]
         return figures
-
-
-def disturbed(batch: list[dict[str, Any]], max_other: float) -> bool:
-    """Whether other work used more than `max_other` of the cores during any run of a repeat."""
-    return any(run["other_cpu_seconds"] > max_other * CORES * run["wall_seconds"] for run in batch)
 
 
 def warm(args: argparse.Namespace, url: str) -> None:
