@@ -216,7 +216,7 @@ class ClusterProgress:
     def _add(self, running: _Running, download_id: str, nbytes: int, rows: int) -> None:
         running.nbytes += nbytes
         running.rows += rows
-        if nbytes:
+        if nbytes or rows:
             self._listener.received(download_id, nbytes)
-        if rows:
+            # Even with no rows: a display redraws when rows are counted, not on every read.
             self._listener.counted(download_id, rows)
