@@ -46,17 +46,16 @@ from _bench import (
     CORES,
     RESULTS,
     BenchmarkError,
+    Repeats,
     Spread,
     check_output,
     command_line,
     compile_bytecode,
-    disturbed,
     machine,
     machine_line,
     measure,
     running_server,
-    wait_until_quiet,
-    write_atomically,
+    write_results,
 )
 
 from export_client._rate import parse_rate
@@ -215,55 +214,40 @@ def main(argv: list[str] | None = None) -> int:
     args.command = command_line("cluster.py", argv)
     compile_bytecode()
     info = machine()
-    chosen = variants(args)
-    runs: list[dict[str, Any]] = []
-    discarded: list[list[dict[str, Any]]] = []
+    chosen = dict(variants(args))
+    repeats = Repeats(args.repeats, args.max_other, args.retries, args.patience, say)
     started = time.perf_counter()
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-cluster-") as scratch,
             running_server(args.server_workers, args.cache_dir) as server,
         ):
-            repeat = 0
-            while repeat < args.repeats:
-                busy = wait_until_quiet(say, patience=args.patience)
-                shift = (repeat + len(discarded)) % len(chosen)
-                batch = []
-                for name, options in chosen[shift:] + chosen[:shift]:
-                    figures = run(args, server, options, Path(scratch))
-                    batch.append({"variant": name, "repeat": repeat, **figures})
-                    batch[-1]["other_work_before"] = round(busy, 3)
-                    say(
-                        f"#{repeat + 1} {name}: {figures['wall_seconds']:.2f} s, "
-                        f"{figures['cpu_seconds']:.2f} CPU s, other work "
-                        f"{figures['other_cpu_seconds']:.2f} CPU s of {CORES} cores"
-                    )
-                if disturbed(batch, args.max_other) and len(discarded) < args.retries:
-                    say(f"#{repeat + 1} discarded: other work took over {args.max_other:.0%}")
-                    discarded.append(batch)
-                    continue
-                runs.extend(batch)
-                repeat += 1
+            repeats.run(
+                list(chosen),
+                lambda name: run(args, server, chosen[name], Path(scratch)),
+                lambda figures: (
+                    f"{figures['wall_seconds']:.2f} s, {figures['cpu_seconds']:.2f} CPU s, "
+                    f"other work {figures['other_cpu_seconds']:.2f} CPU s of {CORES} cores"
+                ),
+            )
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    runs = repeats.runs
     args.bytes = runs[0]["bytes"]
-    summary = summarize(runs, [name for name, _ in chosen], args.bytes)
+    summary = summarize(runs, list(chosen), args.bytes)
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     text = markdown(args, summary, info)
     print(text)
-    document = {
-        "command": args.command,
-        "machine": info,
-        "settings": json.loads(json.dumps(vars(args), default=str)),
-        "summary": summary,
-        "runs": runs,
-        "discarded_repeats": discarded,
-    }
-    stem = args.out_dir / f"cluster-{args.export}"
-    write_atomically(stem.with_suffix(".json"), json.dumps(document, indent=2) + "\n")
-    write_atomically(stem.with_suffix(".md"), text)
-    say(f"wrote {stem}.json and .md")
+    write_results(
+        args.out_dir / f"cluster-{args.export}",
+        text,
+        command=args.command,
+        info=info,
+        settings=vars(args),
+        summary=summary,
+        repeats=repeats,
+    )
     return 0
 
 

@@ -557,16 +557,19 @@ def _screen(raw: str, columns: int) -> list[str]:
     return lines
 
 
-def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> None:
+def on_a_terminal(args: list[str], columns: int) -> tuple[int, str, str]:
+    """The CLI with its stderr on a pseudo-terminal `columns` wide: its exit code, its stdout,
+    and everything it drew on the terminal."""
     primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "export_client", "tiny", "-s", slow_server],
+        [sys.executable, "-m", "export_client", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=secondary,
         env={**env, "TERM": "xterm"},
+        cwd=ROOT,
     )
     os.close(secondary)
     shown = bytearray()
@@ -578,11 +581,15 @@ def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> 
         if not data:
             break
         shown += data
-    out, _ = process.communicate(timeout=60)
+    out, _ = process.communicate(timeout=120)
     os.close(primary)
-    assert process.returncode == 0
-    assert out.decode() == expected_json("tiny") + "\n"
-    raw = shown.decode()
+    return process.returncode, out.decode(), shown.decode()
+
+
+def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> None:
+    code, out, raw = on_a_terminal(["tiny", "-s", slow_server], 60)
+    assert code == 0
+    assert out == expected_json("tiny") + "\n"
     assert "rows" in raw  # the display was drawn
     screen = _screen(raw.replace("\r\n", "\n"), 60)
     assert [line for line in screen if line.strip()] == []  # and is gone at the end

@@ -7,17 +7,13 @@ committed counts of `small`, `--mock`, and a worker killed mid-run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +27,7 @@ from export_client._task import ClusterProgress, WorkerProgress
 from export_server import FaultConfig, running_server
 
 from ..processes import children, command_line, kill_leftovers, still_running, wait_for
-from .test_cli import MEDIUM, TINY, expected_json, invoke
+from .test_cli import MEDIUM, TINY, expected_json, invoke, on_a_terminal
 
 distributed = pytest.importorskip("distributed", reason="needs the extra: uv sync --extra dask")
 
@@ -343,33 +339,11 @@ def medium_server() -> Iterator[str]:
 
 
 def test_progress_on_a_terminal_is_live_from_the_workers(medium_server: str) -> None:
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     args = ["medium", "-s", medium_server, "--cluster", "local:1", "--limit-rate", "1M"]
-    process = subprocess.Popen(
-        [*CLI, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=secondary,
-        env={**env, "TERM": "xterm"},
-        cwd=ROOT,
-    )
-    os.close(secondary)
-    shown = bytearray()
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # the other end is closed: the run is over
-            break
-        if not data:
-            break
-        shown += data
-    out, _ = process.communicate(timeout=120)
-    os.close(primary)
-    assert process.returncode == 0
-    assert out.decode() == expected_json("medium", MEDIUM) + "\n"
-    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r", "\n")
+    code, out, raw = on_a_terminal(args, 120)
+    assert code == 0
+    assert out == expected_json("medium", MEDIUM) + "\n"
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).replace("\r", "\n")
     # Before the first result reaches the client, what it shows came from the worker's events:
     # the download in flight, and the bytes read so far (its rows come in blocks, near the end).
     before_any_result = re.findall(r"rows ([0-9,]+) MB .* 0/3 done, 1 in flight", frames)
