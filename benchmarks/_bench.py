@@ -412,6 +412,75 @@ def wait_until_quiet(
         time.sleep(poll)
 
 
+def disturbed(batch: Sequence[Mapping[str, Any]], max_other: float) -> bool:
+    """Whether other work used more than `max_other` of the cores during any run of a repeat."""
+    return any(run["other_cpu_seconds"] > max_other * CORES * run["wall_seconds"] for run in batch)
+
+
+@dataclass
+class Repeats:
+    """Runs every variant once per repeat, in an order that rotates from one repeat to the
+    next; a repeat that other work disturbed (`disturbed`) is kept apart and run again, at
+    most `retries` times in all. Before each repeat, waits for a quiet machine."""
+
+    repeats: int
+    max_other: float
+    retries: int
+    patience: float
+    say: Callable[[str], None]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    discarded: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    def run(
+        self,
+        variants: Sequence[str],
+        measure_one: Callable[[str], dict[str, Any]],
+        describe: Callable[[dict[str, Any]], str],
+    ) -> None:
+        """`measure_one(variant)` gives a run's figures; `describe(run)` a line about it."""
+        repeat = 0
+        while repeat < self.repeats:
+            busy = wait_until_quiet(self.say, patience=self.patience)
+            shift = (repeat + len(self.discarded)) % len(variants)
+            batch = []
+            for variant in [*variants[shift:], *variants[:shift]]:
+                run = {"variant": variant, "repeat": repeat, **measure_one(variant)}
+                run["other_work_before"] = round(busy, 3)
+                batch.append(run)
+                self.say(f"#{repeat + 1} {variant}: {describe(run)}")
+            if disturbed(batch, self.max_other) and len(self.discarded) < self.retries:
+                self.say(f"#{repeat + 1} discarded: other work took over {self.max_other:.0%}")
+                self.discarded.append(batch)
+                continue
+            self.runs.extend(batch)
+            repeat += 1
+
+
+def write_results(
+    stem: Path,
+    text: str,
+    *,
+    command: str,
+    info: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    repeats: Repeats,
+) -> None:
+    """`stem`.md (the table) and `stem`.json: the command, the machine, the settings, the
+    summary, every run and the repeats discarded; each file whole or not at all."""
+    document = {
+        "command": command,
+        "machine": info,
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "summary": summary,
+        "runs": repeats.runs,
+        "discarded_repeats": repeats.discarded,
+    }
+    write_atomically(stem.with_suffix(".json"), json.dumps(document, indent=2) + "\n")
+    write_atomically(stem.with_suffix(".md"), text)
+    print(f"wrote {stem}.json and .md", file=sys.stderr)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Writes a result file whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,12 +59,12 @@ from pathlib import Path
 from typing import Any
 
 from _bench import (
-    CORES,
     HERE,
     RESULTS,
     TRANSFER_ONLY,
     BenchmarkError,
     Measured,
+    Repeats,
     Spread,
     check_output,
     check_stats_output,
@@ -75,8 +75,7 @@ from _bench import (
     machine_line,
     measure,
     running_server,
-    wait_until_quiet,
-    write_atomically,
+    write_results,
 )
 
 from export_client._counting import PURE_PYTHON_ENV
@@ -212,11 +211,6 @@ class Runner:
                 [round(s.seconds, 3), round(s.rss_mb, 1)] for s in measured.samples
             ]
         return figures
-
-
-def disturbed(batch: list[dict[str, Any]], max_other: float) -> bool:
-    """Whether other work used more than `max_other` of the cores during any run of a repeat."""
-    return any(run["other_cpu_seconds"] > max_other * CORES * run["wall_seconds"] for run in batch)
 
 
 def warm(args: argparse.Namespace, url: str) -> None:
@@ -377,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if "duckdb" in args.variants:
         command = command.replace("uv run python", "uv run --with duckdb python", 1)
     info = machine()
-    runs: list[dict[str, Any]] = []
-    discarded: list[list[dict[str, Any]]] = []
+    repeats = Repeats(args.repeats, args.max_other, args.retries, args.patience, say)
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
@@ -389,47 +382,33 @@ def main(argv: list[str] | None = None) -> int:
                 if cache_dir is not None:
                     warm(args, server.url)
                 runner = Runner(args, server.url, server, Path(scratch))
-                repeat = 0
-                while repeat < args.repeats:
-                    busy = wait_until_quiet(say, patience=args.patience)
-                    shift = (repeat + len(discarded)) % len(args.variants)
-                    order = args.variants[shift:] + args.variants[:shift]
-                    batch = []
-                    for variant in order:
-                        run = {"variant": variant, "repeat": repeat, **runner.run(variant)}
-                        run["other_work_before"] = round(busy, 3)
-                        batch.append(run)
-                        say(
-                            f"#{repeat + 1} {variant}: {run['wall_seconds']:.3f} s, "
-                            f"{run['cpu_seconds']:.2f} CPU s, {run['peak_rss_mb']:.1f} MB, "
-                            f"other work {run['other_cpu_seconds']:.2f} CPU s"
-                        )
-                    if disturbed(batch, args.max_other) and len(discarded) < args.retries:
-                        say(f"#{repeat + 1} discarded: other work took over {args.max_other:.0%}")
-                        discarded.append(batch)
-                        continue
-                    runs.extend(batch)
-                    repeat += 1
+                repeats.run(
+                    args.variants,
+                    runner.run,
+                    lambda run: (
+                        f"{run['wall_seconds']:.3f} s, {run['cpu_seconds']:.2f} CPU s, "
+                        f"{run['peak_rss_mb']:.1f} MB, "
+                        f"other work {run['other_cpu_seconds']:.2f} CPU s"
+                    ),
+                )
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    runs = repeats.runs
     args.bytes = max((run.get("bytes") or 0 for run in runs), default=0)
     summary = summarize(runs, args.variants)
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     text = markdown(args, summary, info, command)
     print(text)
-    document = {
-        "command": command,
-        "machine": info,
-        "settings": json.loads(json.dumps(vars(args), default=str)),
-        "summary": summary,
-        "runs": runs,
-        "discarded_repeats": discarded,
-    }
-    stem = args.out_dir / (args.out_name or f"end_to_end-{args.export}-{args.mode}")
-    write_atomically(stem.with_suffix(".json"), json.dumps(document, indent=2) + "\n")
-    write_atomically(stem.with_suffix(".md"), text)
-    say(f"wrote {stem}.json and .md")
+    write_results(
+        args.out_dir / (args.out_name or f"end_to_end-{args.export}-{args.mode}"),
+        text,
+        command=command,
+        info=info,
+        settings=vars(args),
+        summary=summary,
+        repeats=repeats,
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ._body import BodyCount, BodyReader, count_body
     from ._client import ExportClient, count_export
+    from ._cluster import ClusterError
     from ._counting import COUNTING_CORE, BlockCount, count_block
     from ._defaults import DEFAULT_CONCURRENCY, DEFAULT_SERVER
     from ._exceptions import (
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ._metadata import DownloadInfo
     from ._mock import MockServerError, mock_server
     from ._progress import NoProgress, ProgressListener, Retry
+    from ._rate import RateLimit
     from ._results import DownloadResult, ExportReport
     from ._retry import Retryable, RetryPolicy
     from ._source import BodyStream, ExportSource, Unreachable
@@ -48,6 +50,7 @@ __version__ = "0.2.0"
 _MODULES = {
     "_body": ("BodyCount", "BodyReader", "count_body"),
     "_client": ("ExportClient", "count_export"),
+    "_cluster": ("ClusterError",),
     "_counting": ("COUNTING_CORE", "BlockCount", "count_block"),
     "_defaults": ("DEFAULT_CONCURRENCY", "DEFAULT_SERVER"),
     "_exceptions": (
@@ -66,6 +69,7 @@ _MODULES = {
     "_metadata": ("DownloadInfo",),
     "_mock": ("MockServerError", "mock_server"),
     "_progress": ("NoProgress", "ProgressListener", "Retry"),
+    "_rate": ("RateLimit",),
     "_results": ("DownloadResult", "ExportReport"),
     "_retry": ("RetryPolicy", "Retryable"),
     "_source": ("BodyStream", "ExportSource", "Unreachable"),
@@ -82,6 +86,7 @@ __all__ = [
     "BodyCount",
     "BodyReader",
     "BodyStream",
+    "ClusterError",
     "CsvFormatError",
     "CsvLayout",
     "DownloadError",
@@ -99,6 +104,7 @@ __all__ = [
     "MockServerError",
     "NoProgress",
     "ProgressListener",
+    "RateLimit",
     "Retry",
     "RetryPolicy",
     "Retryable",

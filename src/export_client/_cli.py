@@ -19,6 +19,7 @@ from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperCommand
 
 from ._client import ExportClient
+from ._cluster import ClusterAddress
 from ._counting import COUNTING_CORE
 from ._defaults import (
     DEFAULT_BACKOFF,
@@ -34,11 +35,13 @@ from ._formats import render
 from ._mock import mock_server
 from ._options import (
     Backoff,
+    Cluster,
     Concurrency,
     ExportArgument,
     ExportOption,
     Format,
     FormatOption,
+    LimitRate,
     ListOption,
     Mock,
     NormalRange,
@@ -135,6 +138,8 @@ def cli(
     speed_limit: SpeedLimit = DEFAULT_SPEED_LIMIT,
     speed_time: SpeedTime = DEFAULT_SPEED_TIME,
     threads: Threads = None,
+    limit_rate: LimitRate = None,
+    cluster: Cluster = None,
     strict: Strict = False,
     stats: StatsOption = False,
     normal_range: NormalRange = None,
@@ -159,6 +164,10 @@ def cli(
         raise UsageError("--normal-range needs --stats.")
     if mock and ctx.get_parameter_source("server") == ParameterSource.COMMANDLINE:
         raise UsageError("--mock starts its own server: give --mock or --server, not both.")
+    if mock and cluster is not None and not ClusterAddress.parse(cluster).local:
+        raise UsageError(
+            "--mock's server is on this machine's loopback, out of a remote cluster's reach."
+        )
     try:
         # Before anything is downloaded: a result that cannot be written is not worth making.
         destination = Output.at(output) if output is not None else Output.at("-")
@@ -185,6 +194,8 @@ def cli(
                 stats=stats,
                 normal_ranges=dict(map(parse_range, normal_range or [])),
                 threads=threads,
+                limit_rate=limit_rate,
+                cluster=cluster,
                 progress=progress_for(sys.stderr, quiet=quiet, label=chosen or ""),
             )
             if list_:

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import aiohttp
 
+from ._cluster import ClusterAddress, count_on_cluster
 from ._defaults import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LINE_BYTES,
@@ -25,10 +26,12 @@ from ._metadata import DownloadInfo
 from ._orchestrator import Orchestrator, run_all
 from ._pool import CountingPool
 from ._progress import NoProgress, ProgressListener, Retry
-from ._results import ExportReport
+from ._rate import RateLimit
+from ._results import DownloadResult, ExportReport
 from ._retry import GaveUp, Retryable, RetryPolicy, retrying
 from ._source import ExportSource, Unreachable
 from ._stats import Number, Statistics
+from ._task import DownloadJob
 
 __all__ = ["ExportClient", "count_export"]
 
@@ -47,7 +50,10 @@ class ExportClient:
     `source` replaces HTTP with any `ExportSource` (an in-memory API in tests, say); `retry`
     says how failed requests and downloads are retried. With `stats`, each patient and event
     type gets count, mean, min, max, anomalies (outside `DEFAULT_NORMAL_RANGES`, which
-    `normal_ranges` extends or overrides) and latency too.
+    `normal_ranges` extends or overrides) and latency too. `limit_rate` caps the bytes per
+    second read over all the downloads. With `cluster` (a Dask scheduler's address, `local`
+    or `local:N`), each download is a task on the cluster's workers, which must reach the
+    server themselves, each worker process with its own `limit_rate`.
     """
 
     def __init__(
@@ -65,6 +71,8 @@ class ExportClient:
         stats: bool = False,
         normal_ranges: Mapping[str, tuple[Number, Number]] | None = None,
         threads: int | None = None,
+        limit_rate: float | None = None,
+        cluster: str | None = None,
         progress: ProgressListener | None = None,
     ) -> None:
         check_server_url(server)
@@ -80,6 +88,10 @@ class ExportClient:
             raise ValueError("max_line_bytes must be at least 1")
         if threads is not None and threads < 1:
             raise ValueError("threads must be at least 1")
+        if limit_rate is not None and not 1 <= limit_rate < float("inf"):
+            raise ValueError("limit_rate must be at least 1 byte per second")
+        if cluster is not None and source is not None:
+            raise ValueError("a cluster's workers reach the server over HTTP: no source with it")
         self.server = server.rstrip("/")
         self.concurrency = concurrency
         self.policy = retry or RetryPolicy()
@@ -95,6 +107,8 @@ class ExportClient:
         )
         self.strict = strict
         self.threads = threads
+        self.limit_rate = limit_rate
+        self.cluster = ClusterAddress.parse(cluster) if cluster is not None else None
         self.progress: ProgressListener = progress or NoProgress()
         self._source = source
         self._session: aiohttp.ClientSession | None = None
@@ -164,17 +178,7 @@ class ExportClient:
         try:
             downloads = await self.downloads(export_id)
             self.progress.started(downloads)
-            async with CountingPool(self.threads) as pool:
-                results = await Orchestrator(
-                    source=self.source,
-                    export_id=export_id,
-                    concurrency=self.concurrency,
-                    policy=self.policy,
-                    pool=pool,
-                    progress=self.progress,
-                    options=self.options,
-                    strict=self.strict,
-                ).run(downloads)
+            results = await self._count_downloads(export_id, downloads)
         finally:
             self.progress.finished()
         return ExportReport.of(
@@ -183,6 +187,36 @@ class ExportClient:
             seconds=time.perf_counter() - started,
             discovery_retries=self._discovery_retries - retries_before,
         )
+
+    async def _count_downloads(
+        self, export_id: str, downloads: list[DownloadInfo]
+    ) -> list[DownloadResult]:
+        if self.cluster is not None:
+            job = DownloadJob(
+                self.server,
+                export_id,
+                self.policy,
+                self.options,
+                self.timeout,
+                strict=self.strict,
+                threads=self.threads,
+                limit_rate=self.limit_rate,
+            )
+            return await count_on_cluster(
+                self.cluster, job, downloads, progress=self.progress, connect_seconds=self.timeout
+            )
+        async with CountingPool(self.threads) as pool:
+            return await Orchestrator(
+                source=self.source,
+                export_id=export_id,
+                concurrency=self.concurrency,
+                policy=self.policy,
+                pool=pool,
+                progress=self.progress,
+                options=self.options,
+                strict=self.strict,
+                limit=RateLimit(self.limit_rate) if self.limit_rate is not None else None,
+            ).run(downloads)
 
     async def _discover(self, request: Callable[[], Awaitable[T]], what: str) -> T:
         # Every failure worth retrying is retried alike, a refused connection included: a
@@ -214,6 +248,8 @@ def count_export(
     stats: bool = False,
     normal_ranges: Mapping[str, tuple[Number, Number]] | None = None,
     threads: int | None = None,
+    limit_rate: float | None = None,
+    cluster: str | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportReport:
     """Counts an export from synchronous code; the options are those of `ExportClient`."""
@@ -232,6 +268,8 @@ def count_export(
             stats=stats,
             normal_ranges=normal_ranges,
             threads=threads,
+            limit_rate=limit_rate,
+            cluster=cluster,
             progress=progress,
         )
         async with client:

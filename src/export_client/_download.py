@@ -1,10 +1,14 @@
-"""One attempt at a download: open, batch, split, count, finish, verify.
+"""One download: its attempts in the retry loop, and what a download that failed means.
 
-The attempt streams the body from the source, cuts it into pieces of complete records
+`count_download` is the whole of the work on one download, the same in the local orchestrator
+and in a Dask task: attempts (`DownloadAttempt`) in the one retry loop (`retrying`), and a
+download that cannot be counted raised as one of the `DownloadError` subclasses.
+
+An attempt streams the body from the source, cuts it into pieces of complete records
 (`BodyReader`), batches them into blocks of at least `block_bytes`, hands each batch to the
 counting pool and merges the counts as they come back, with at most `pending_blocks` in
 flight. At the end it counts the last record and verifies the body against the metadata. A
-body that is not the one announced raises `WrongBody`, which the caller retries.
+body that is not the one announced raises `WrongBody`, which the retry loop retries.
 """
 
 from __future__ import annotations
@@ -23,16 +27,23 @@ from ._defaults import (
     DEFAULT_SPEED_TIME,
     PENDING_BLOCKS,
 )
+from ._exceptions import (
+    CsvFormatError,
+    DownloadFailedError,
+    IncompleteDownloadError,
+    MalformedDownloadError,
+)
 from ._lines import Piece
 from ._metadata import DownloadInfo
 from ._pool import CountingPool
-from ._progress import ProgressListener
+from ._progress import ProgressListener, Retry
+from ._rate import RateLimit
 from ._results import DownloadResult
-from ._retry import Retryable
+from ._retry import GaveUp, Retryable, RetryPolicy, retrying
 from ._source import ExportSource
 from ._stats import Statistics
 
-__all__ = ["DownloadAttempt", "StreamOptions", "WrongBody"]
+__all__ = ["DownloadAttempt", "StreamOptions", "WrongBody", "count_download"]
 
 
 class WrongBody(Retryable):
@@ -49,6 +60,63 @@ class StreamOptions:
     block_bytes: int = BLOCK_BYTES
     pending_blocks: int = PENDING_BLOCKS
     stats: Statistics | None = None  # statistics too, not only counts
+
+
+async def count_download(
+    source: ExportSource,
+    export_id: str,
+    info: DownloadInfo,
+    *,
+    policy: RetryPolicy,
+    pool: CountingPool,
+    options: StreamOptions,
+    progress: ProgressListener,
+    strict: bool = False,
+    limit: RateLimit | None = None,
+) -> DownloadResult:
+    """One download's verified result, each attempt counted afresh; a `DownloadError` if it
+    cannot be counted completely (with `strict`, also for any malformed row)."""
+    progress.download_started(info.id)
+    attempts: list[DownloadAttempt] = []
+
+    async def attempt(number: int) -> DownloadResult:
+        attempts.append(
+            DownloadAttempt(
+                source,
+                export_id,
+                info,
+                number=number,
+                pool=pool,
+                options=options,
+                progress=progress,
+                limit=limit,
+            )
+        )
+        return await attempts[-1].run()
+
+    def on_retry(error: Retryable, delay: float) -> None:
+        failed = attempts[-1]
+        what = f"download {info.id}"
+        progress.retrying(Retry(what, str(error), delay, info.id, failed.counted, failed.received))
+
+    try:
+        result = await retrying(attempt, policy, on_retry=on_retry)
+    except GaveUp as gave_up:
+        failure = (
+            IncompleteDownloadError if isinstance(gave_up.error, WrongBody) else DownloadFailedError
+        )
+        raise failure(info.id, f"{gave_up}.") from gave_up.error
+    except CsvFormatError as error:
+        raise MalformedDownloadError(info.id, str(error)) from error
+    if strict and result.malformed:
+        example = result.malformed_examples[0] if result.malformed_examples else ""
+        raise MalformedDownloadError(
+            info.id,
+            f"{result.malformed:,} malformed rows, which strict counting allows none of; "
+            f"the first: {example!r}.",
+        )
+    progress.download_finished(info.id)
+    return result
 
 
 class DownloadAttempt:
@@ -68,6 +136,7 @@ class DownloadAttempt:
         pool: CountingPool,
         options: StreamOptions,
         progress: ProgressListener,
+        limit: RateLimit | None = None,
     ) -> None:
         self.info = info
         self.number = number
@@ -78,6 +147,7 @@ class DownloadAttempt:
         self._pool = pool
         self._options = options
         self._progress = progress
+        self._limit = limit
         self._reader = BodyReader(max_line_bytes=options.max_line_bytes, stats=options.stats)
         self._total = BlockCount()
         self._pending: deque[asyncio.Future[BlockCount]] = deque()
@@ -89,7 +159,11 @@ class DownloadAttempt:
         batched = 0
         try:
             async with self._source.open_data(self._export_id, self.info.id) as body:
-                chunks = body.chunks(speed_limit=options.speed_limit, speed_time=options.speed_time)
+                chunks = body.chunks(
+                    speed_limit=options.speed_limit,
+                    speed_time=options.speed_time,
+                    limit=self._limit,
+                )
                 async for chunk in chunks:
                     self.received += len(chunk)
                     self._progress.received(self.info.id, len(chunk))

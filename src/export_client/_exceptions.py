@@ -6,6 +6,7 @@ ExportClientError
 ├── UnknownExportError          the export id is not in the server's list
 ├── CsvFormatError              a body is not CSV that can be counted (raised by the pure core)
 ├── MockServerError             the mock server did not start (in _mock)
+├── ClusterError                the Dask cluster could not be used (in _cluster)
 ├── Retryable                   a failure worth retrying, raised by sources (in _retry)
 │   └── Unreachable             no connection at all (in _source)
 └── DownloadError               one download could not be counted completely
@@ -16,9 +17,21 @@ ExportClientError
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ExportClientError(Exception):
-    """Base class for every error the client reports to its user."""
+    """Base class for every error the client reports to its user.
+
+    Every one pickles whole (a Dask task's error comes back to the client so): a class whose
+    constructor takes other arguments than its message says which in `_arguments`.
+    """
+
+    def _arguments(self) -> tuple[Any, ...]:
+        return tuple(self.args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), self._arguments(), self.__dict__
 
 
 class ServerUnreachableError(ExportClientError):
@@ -28,6 +41,9 @@ class ServerUnreachableError(ExportClientError):
         self.url = url
         self.reason = reason
         super().__init__(f"Cannot reach the export server at {url} ({reason}).")
+
+    def _arguments(self) -> tuple[Any, ...]:
+        return self.url, self.reason
 
 
 class ServerResponseError(ExportClientError):
@@ -43,6 +59,9 @@ class UnknownExportError(ExportClientError):
         choices = ", ".join(known) if known else "none"
         super().__init__(f"Unknown export {export_id!r}; the server offers: {choices}.")
 
+    def _arguments(self) -> tuple[Any, ...]:
+        return self.export_id, self.known
+
 
 class CsvFormatError(ExportClientError):
     """A body cannot be read as the CSV the counter expects."""
@@ -53,7 +72,11 @@ class DownloadError(ExportClientError):
 
     def __init__(self, download_id: str, message: str) -> None:
         self.download_id = download_id
+        self.detail = message
         super().__init__(f"Download {download_id}: {message}")
+
+    def _arguments(self) -> tuple[Any, ...]:
+        return self.download_id, self.detail
 
 
 class DownloadFailedError(DownloadError):

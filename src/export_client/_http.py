@@ -15,6 +15,7 @@ import orjson
 from ._defaults import MAX_JSON_BYTES, READ_BUFFER_BYTES
 from ._exceptions import ServerResponseError, UnknownExportError
 from ._metadata import DownloadInfo
+from ._rate import RateLimit
 from ._retry import Retryable
 from ._source import Unreachable
 
@@ -217,19 +218,22 @@ class DataStream:
         self._response = response
 
     async def chunks(
-        self, *, speed_limit: float = 0.0, speed_time: float = 30.0
+        self, *, speed_limit: float = 0.0, speed_time: float = 30.0, limit: RateLimit | None = None
     ) -> AsyncIterator[bytes]:
         """The body's bytes; a cut, stalled, broken or too slow stream raises `Retryable`.
 
         Too slow is below `speed_limit` bytes per second over `speed_time` seconds, as curl's
         --speed-limit and --speed-time: judged whenever bytes arrive, so a stream that stops
-        altogether is left to the session's read timeout.
+        altogether is left to the session's read timeout. With `limit`, each read waits for
+        the rate limit, and the time waited does not count against the server's speed.
         """
         content = self._response.content
         window_start = time.monotonic()
         window_bytes = 0
         try:
             while chunk := await content.readany():
+                if limit is not None:
+                    window_start += await limit.take(len(chunk))
                 if speed_limit:
                     window_bytes += len(chunk)
                     now = time.monotonic()

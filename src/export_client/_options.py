@@ -6,14 +6,17 @@ Each is an `Annotated` type for typer; the command (`_cli.py`) names them in its
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from . import __version__
+from ._cluster import INSTALL_HINT, ClusterAddress, dask_installed
 from ._counting import COUNTING_CORE
 from ._http import check_server_url
+from ._rate import parse_rate
 from ._stats import parse_range
 
 __all__ = ["SERVER_ENV", "Format"]
@@ -27,12 +30,20 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def _server_url(value: str) -> str:
-    try:
-        check_server_url(value)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-    return value
+def _usage(check: Callable[[Any], object]) -> Callable[[Any], Any]:
+    """`check`'s value (the one given where `check` returns None), its ValueError a usage
+    error: a typer callback or parser."""
+
+    def checked(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            result = check(value)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+        return value if result is None else result
+
+    return checked
 
 
 def _finite(value: float) -> float:
@@ -60,7 +71,6 @@ ExportArgument = Annotated[
     ),
 ]
 
-
 ExportOption = Annotated[
     str | None,
     typer.Option(
@@ -73,19 +83,17 @@ ExportOption = Annotated[
     ),
 ]
 
-
 Server = Annotated[
     str,
     typer.Option(
         "-s",
         "--server",
         envvar=SERVER_ENV,
-        callback=_server_url,
+        callback=_usage(check_server_url),
         metavar="URL",
         help=f"Base URL of the export server (also ${SERVER_ENV}).",
     ),
 ]
-
 
 Mock = Annotated[
     bool,
@@ -93,7 +101,6 @@ Mock = Annotated[
         "--mock", help="Start the project's own server on a free loopback port for this run."
     ),
 ]
-
 
 OutputFile = Annotated[
     str | None,
@@ -108,12 +115,10 @@ OutputFile = Annotated[
     ),
 ]
 
-
 FormatOption = Annotated[
     Format,
     typer.Option("-f", "--format", metavar="FORMAT", help="json, table (for people) or csv."),
 ]
-
 
 ReportFile = Annotated[
     str | None,
@@ -126,12 +131,10 @@ ReportFile = Annotated[
     ),
 ]
 
-
 Concurrency = Annotated[
     int,
     typer.Option("-c", "--concurrency", min=1, metavar="N", help="Downloads streamed at once."),
 ]
-
 
 Retries = Annotated[
     int,
@@ -143,7 +146,6 @@ Retries = Annotated[
     ),
 ]
 
-
 Backoff = Annotated[
     float,
     _seconds(
@@ -154,12 +156,10 @@ Backoff = Annotated[
     ),
 ]
 
-
 Timeout = Annotated[
     float,
     _seconds("--timeout", 0.001, "Seconds to wait for a connection or for the next bytes."),
 ]
-
 
 SpeedLimit = Annotated[
     float,
@@ -173,7 +173,6 @@ SpeedLimit = Annotated[
     ),
 ]
 
-
 SpeedTime = Annotated[
     float,
     _seconds(
@@ -182,7 +181,6 @@ SpeedTime = Annotated[
         "Seconds a stream may stay below --speed-limit before it is abandoned and retried.",
     ),
 ]
-
 
 Threads = Annotated[
     int | None,
@@ -195,22 +193,18 @@ Threads = Annotated[
     ),
 ]
 
-
 Strict = Annotated[
     bool, typer.Option("--strict", help="Fail on any malformed row instead of skipping it.")
 ]
-
 
 ListOption = Annotated[
     bool,
     typer.Option("--list", help="List the exports, or with an export id its downloads (JSON)."),
 ]
 
-
 TimeOption = Annotated[
     bool, typer.Option("-t", "--time", help="A one-line summary with timing on stderr.")
 ]
-
 
 Quiet = Annotated[
     bool,
@@ -221,7 +215,6 @@ Quiet = Annotated[
     ),
 ]
 
-
 Verbose = Annotated[
     bool,
     typer.Option(
@@ -229,23 +222,12 @@ Verbose = Annotated[
     ),
 ]
 
-
 Version = Annotated[
     bool,
     typer.Option(
         "-v", "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ]
-
-
-def _normal_range(values: list[str] | None) -> list[str] | None:
-    for value in values or ():
-        try:
-            parse_range(value)
-        except ValueError as error:
-            raise typer.BadParameter(str(error)) from None
-    return values
-
 
 StatsOption = Annotated[
     bool,
@@ -257,14 +239,53 @@ StatsOption = Annotated[
 ]
 
 
+def _ranges(values: list[str]) -> None:
+    for value in values:
+        parse_range(value)
+
+
 NormalRange = Annotated[
     list[str] | None,
     typer.Option(
         "--normal-range",
         metavar="TYPE=LO:HI",
-        callback=_normal_range,
+        callback=_usage(_ranges),
         help="With --stats: values of TYPE outside LO..HI are anomalies (repeatable; adds to or "
         "overrides heart_rate=40:180, spo2=85:100, bp_sys=90:200, bp_dia=60:120).",
+        show_default=False,
+    ),
+]
+
+LimitRate = Annotated[
+    float | None,
+    typer.Option(
+        "--limit-rate",
+        metavar="BYTES",
+        parser=_usage(parse_rate),
+        help="Read at most BYTES per second over all downloads, as curl's --limit-rate: 20M, "
+        "500K, 65536 (K, M and G are 1024-based). With --cluster, each worker process is "
+        "limited on its own.",
+        show_default=False,
+    ),
+]
+
+
+def _cluster(value: str) -> None:
+    ClusterAddress.parse(value)
+    if not dask_installed():
+        raise ValueError(f"--cluster needs Dask, an optional extra: {INSTALL_HINT}")
+
+
+Cluster = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        metavar="ADDRESS",
+        callback=_usage(_cluster),
+        help="Count each download as a Dask task: on the scheduler at ADDRESS "
+        "(tcp://host:8786), or on N worker processes started for this run (local:N; local: "
+        "one per core). The workers must reach the server themselves. Needs the extra "
+        "(uv sync --extra dask).",
         show_default=False,
     ),
 ]

@@ -1,8 +1,7 @@
 """Schedules the downloads of an export: at most `concurrency` at a time, each retried.
 
-The orchestrator only schedules: each download runs under a semaphore as attempts
-(`DownloadAttempt`) in the one retry loop (`retrying`), and the orchestrator says what a
-download that failed means for the run (the `DownloadError` subclasses).
+The orchestrator only schedules: each download runs under a semaphore as `count_download`,
+the same work a Dask task does for a download on a cluster (`_cluster.py`).
 """
 
 from __future__ import annotations
@@ -12,18 +11,13 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._download import DownloadAttempt, StreamOptions, WrongBody
-from ._exceptions import (
-    CsvFormatError,
-    DownloadFailedError,
-    IncompleteDownloadError,
-    MalformedDownloadError,
-)
+from ._download import StreamOptions, count_download
 from ._metadata import DownloadInfo
 from ._pool import CountingPool
-from ._progress import ProgressListener, Retry
+from ._progress import ProgressListener
+from ._rate import RateLimit
 from ._results import DownloadResult
-from ._retry import GaveUp, Retryable, RetryPolicy, retrying
+from ._retry import RetryPolicy
 from ._source import ExportSource
 
 __all__ = ["Orchestrator", "run_all"]
@@ -58,6 +52,7 @@ class Orchestrator:
     progress: ProgressListener
     options: StreamOptions
     strict: bool = False
+    limit: RateLimit | None = None  # one for all the downloads: --limit-rate
 
     async def run(self, downloads: Sequence[DownloadInfo]) -> list[DownloadResult]:
         """The downloads' results, in the given order; the first failure cancels the rest."""
@@ -66,53 +61,14 @@ class Orchestrator:
 
     async def _count(self, info: DownloadInfo, slots: asyncio.Semaphore) -> DownloadResult:
         async with slots:
-            self.progress.download_started(info.id)
-            attempts: list[DownloadAttempt] = []
-
-            async def attempt(number: int) -> DownloadResult:
-                attempts.append(
-                    DownloadAttempt(
-                        self.source,
-                        self.export_id,
-                        info,
-                        number=number,
-                        pool=self.pool,
-                        options=self.options,
-                        progress=self.progress,
-                    )
-                )
-                return await attempts[-1].run()
-
-            def on_retry(error: Retryable, delay: float) -> None:
-                failed = attempts[-1]
-                self.progress.retrying(
-                    Retry(
-                        f"download {info.id}",
-                        str(error),
-                        delay,
-                        info.id,
-                        failed.counted,
-                        failed.received,
-                    )
-                )
-
-            try:
-                result = await retrying(attempt, self.policy, on_retry=on_retry)
-            except GaveUp as gave_up:
-                failure = (
-                    IncompleteDownloadError
-                    if isinstance(gave_up.error, WrongBody)
-                    else (DownloadFailedError)
-                )
-                raise failure(info.id, f"{gave_up}.") from gave_up.error
-            except CsvFormatError as error:
-                raise MalformedDownloadError(info.id, str(error)) from error
-            if self.strict and result.malformed:
-                example = result.malformed_examples[0] if result.malformed_examples else ""
-                raise MalformedDownloadError(
-                    info.id,
-                    f"{result.malformed:,} malformed rows, which strict counting allows none of; "
-                    f"the first: {example!r}.",
-                )
-            self.progress.download_finished(info.id)
-            return result
+            return await count_download(
+                self.source,
+                self.export_id,
+                info,
+                policy=self.policy,
+                pool=self.pool,
+                options=self.options,
+                progress=self.progress,
+                strict=self.strict,
+                limit=self.limit,
+            )

@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._defaults import DEFAULT_BACKOFF, DEFAULT_RETRIES, MAX_RETRY_DELAY
 from ._exceptions import ExportClientError
@@ -41,6 +41,9 @@ class GaveUp(Exception):
         self.attempts = attempts
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         super().__init__(f"{error} (after {tries})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.error, self.attempts)
 
 
 @dataclass(frozen=True)

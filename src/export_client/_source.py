@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from ._metadata import DownloadInfo
+from ._rate import RateLimit
 from ._retry import Retryable
 
 __all__ = ["BodyStream", "ExportSource", "Unreachable"]
@@ -26,8 +27,13 @@ class Unreachable(Retryable):
 class BodyStream(Protocol):
     """One download's body, in whatever pieces it arrives."""
 
-    def chunks(self, *, speed_limit: float, speed_time: float) -> AsyncIterator[bytes]:
-        """The body's bytes; a stream below `speed_limit` bytes/s for `speed_time` s fails."""
+    def chunks(
+        self, *, speed_limit: float, speed_time: float, limit: RateLimit | None = None
+    ) -> AsyncIterator[bytes]:
+        """The body's bytes; a stream below `speed_limit` bytes/s for `speed_time` s fails.
+
+        With `limit`, the bytes are read no faster than it allows (`RateLimit.take`).
+        """
         ...
 
 

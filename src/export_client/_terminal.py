@@ -115,6 +115,7 @@ class RichProgress(NoProgress):
 
     def download_started(self, download_id: str) -> None:
         self._in_flight += 1
+        self._refresh()
 
     def received(self, download_id: str, nbytes: int) -> None:
         self._bytes += nbytes

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from export_client import DownloadInfo, Retryable, UnknownExportError
+from export_client._rate import RateLimit
 
 
 @dataclass
@@ -14,9 +15,14 @@ class MemoryStream:
     body: bytes
     chunk_size: int
 
-    async def chunks(self, *, speed_limit: float, speed_time: float) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, *, speed_limit: float, speed_time: float, limit: RateLimit | None = None
+    ) -> AsyncIterator[bytes]:
         for start in range(0, len(self.body), self.chunk_size):
-            yield self.body[start : start + self.chunk_size]
+            chunk = self.body[start : start + self.chunk_size]
+            if limit is not None:
+                await limit.take(len(chunk))
+            yield chunk
 
 
 @dataclass
@@ -56,7 +62,11 @@ class _Broken(MemoryStream):
     def __init__(self, body: bytes) -> None:
         super().__init__(body, 7)
 
-    async def chunks(self, *, speed_limit: float, speed_time: float) -> AsyncIterator[bytes]:
-        async for chunk in super().chunks(speed_limit=speed_limit, speed_time=speed_time):
+    async def chunks(
+        self, *, speed_limit: float, speed_time: float, limit: RateLimit | None = None
+    ) -> AsyncIterator[bytes]:
+        async for chunk in super().chunks(
+            speed_limit=speed_limit, speed_time=speed_time, limit=limit
+        ):
             yield chunk
         raise Retryable("the stream broke (in memory)")

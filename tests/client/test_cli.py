@@ -15,6 +15,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -640,16 +641,19 @@ def _screen(raw: str, columns: int) -> list[str]:
     return lines
 
 
-def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> None:
+def on_a_terminal(args: list[str], columns: int) -> tuple[int, str, str]:
+    """The CLI with its stderr on a pseudo-terminal `columns` wide: its exit code, its stdout,
+    and everything it drew on the terminal."""
     primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "export_client", "tiny", "-s", slow_server],
+        [sys.executable, "-m", "export_client", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=secondary,
         env={**env, "TERM": "xterm"},
+        cwd=ROOT,
     )
     os.close(secondary)
     shown = bytearray()
@@ -661,11 +665,15 @@ def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> 
         if not data:
             break
         shown += data
-    out, _ = process.communicate(timeout=60)
+    out, _ = process.communicate(timeout=120)
     os.close(primary)
-    assert process.returncode == 0
-    assert out.decode() == expected_json("tiny") + "\n"
-    raw = shown.decode()
+    return process.returncode, out.decode(), shown.decode()
+
+
+def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> None:
+    code, out, raw = on_a_terminal(["tiny", "-s", slow_server], 60)
+    assert code == 0
+    assert out == expected_json("tiny") + "\n"
     assert "rows" in raw  # the display was drawn
     screen = _screen(raw.replace("\r\n", "\n"), 60)
     assert [line for line in screen if line.strip()] == []  # and is gone at the end
@@ -682,3 +690,23 @@ def test_rich_is_not_imported_when_stderr_is_not_a_terminal(server: str) -> None
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
     assert "export_client._client" in imported
     assert not [name for name in imported if name.split(".")[0] == "rich"]
+
+
+def test_limit_rate_caps_the_bytes_per_second_over_all_downloads(server: str) -> None:
+    size = sum(len(b"".join(generate_body(download))) for download in TINY.downloads("tiny") or ())
+    rate = size // 2  # bytes per second: about two seconds for the whole export
+    started = time.monotonic()
+    code, out, err = invoke("tiny", "-s", server, "--limit-rate", str(rate), "-c", "3")
+    elapsed = time.monotonic() - started
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+    # The bucket lets a tenth of a second's worth through at once; loosely, for a busy machine.
+    assert 1.8 <= elapsed < 20
+
+
+@pytest.mark.parametrize("rate", ["0", "fast", "20MB", "-5K"])
+def test_a_rate_it_cannot_use_is_a_usage_error(rate: str) -> None:
+    code, out, err = invoke("tiny", "--limit-rate", rate)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: Invalid value for '--limit-rate'")

@@ -331,3 +331,27 @@ async def test_a_source_s_retryable_failure_is_retried_without_double_counting()
     assert as_plain(report) == EXPECTED
     assert report.downloads[0].attempts == 2
     assert source.opened.count("d1") == 2
+
+
+async def test_limit_rate_caps_every_download_together() -> None:
+    bodies = {f"d{i}": BODIES["d1"] for i in range(4)}
+    size = sum(map(len, bodies.values()))
+    source = MemorySource(bodies, chunk_size=20)
+    started = asyncio.get_running_loop().time()
+    async with ExportClient(source=source, limit_rate=size / 1.0, concurrency=4) as client:
+        report = await client.count("demo")
+    assert asyncio.get_running_loop().time() - started >= 0.85  # a second, less the burst
+    assert report.rows == 4 * 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"limit_rate": 0.5}, "limit_rate"),
+        ({"cluster": "local:0"}, "local:N"),
+        ({"cluster": "local:2", "source": MemorySource({})}, "no source"),
+    ],
+)
+def test_options_it_cannot_use(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExportClient(**options)

@@ -21,6 +21,40 @@ def test_every_public_exception_derives_from_the_base() -> None:
             assert value.__doc__, f"{name} has no docstring"
 
 
+def test_every_public_exception_pickles_whole() -> None:
+    # A Dask task's error comes back to the client pickled: it must be the same error there.
+    import pickle
+
+    samples = {
+        "ClusterError": ("no scheduler",),
+        "CsvFormatError": ("no header",),
+        "DownloadError": ("7", "it broke."),
+        "DownloadFailedError": ("7", "it broke."),
+        "ExportClientError": ("something",),
+        "IncompleteDownloadError": ("7", "3 rows short."),
+        "MalformedDownloadError": ("7", "a bare CR."),
+        "MockServerError": ("did not start",),
+        "Retryable": ("503",),
+        "ServerResponseError": ("not JSON",),
+        "ServerUnreachableError": ("http://x", "refused"),
+        "UnknownExportError": ("huge", ["demo"]),
+        "Unreachable": ("refused",),
+    }
+    public = {
+        name
+        for name in export_client.__all__
+        if isinstance(getattr(export_client, name), type)
+        and issubclass(getattr(export_client, name), Exception)
+    }
+    assert public == set(samples)
+    for name, arguments in samples.items():
+        error = getattr(export_client, name)(*arguments)
+        error.note = "kept"
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert (str(copy), vars(copy)) == (str(error), vars(error))
+
+
 def test_every_public_name_is_importable_lazily_from_its_home() -> None:
     from export_client import _HOMES
 
