@@ -587,6 +587,25 @@ def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> 
     assert [line for line in screen if line.strip()] == []  # and is gone at the end
 
 
+def test_the_process_ends_with_its_output_whole_and_its_code(server: str) -> None:
+    # The entry point ends the process without the interpreter's teardown (os._exit): the
+    # result, the summary line and the exit code must all be there as they were before.
+    command = [sys.executable, "-m", "export_client"]
+    done = subprocess.run(
+        [*command, "tiny", "-s", server, "-t"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected_json("tiny") + "\n"
+    assert done.stderr.startswith("tiny: ")
+    assert done.stderr.count("\n") == 1
+    failed = subprocess.run(
+        [*command, "nope", "-s", server], capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 2
+    assert failed.stdout == ""
+    assert failed.stderr.startswith("error: Unknown export 'nope'")
+
+
 def test_rich_is_not_imported_when_stderr_is_not_a_terminal(server: str) -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "export_client", "tiny", "-s", server],
