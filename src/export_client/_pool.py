@@ -8,10 +8,10 @@ core's worth of CPU.
 The hand-off is written here rather than taken from `loop.run_in_executor`: that costs, per
 block, a `concurrent.futures.Future` with its condition variable, an asyncio future chained to
 it by callbacks on both threads, and a wake-up of the event loop through its self-pipe, all
-holding the GIL; a run of `small` hands over about 1,200 blocks, and that Python was a fifth
-of the event loop's own work (README, Performance: "What was tuned"). Here a block is a job on
-a queue, and the loop is woken only when it waits for a count that is not ready yet, which,
-with blocks counted faster than the network brings them, is rare.
+holding the GIL; a run of `small` hands over about 1,200 blocks, and that Python was about
+a seventh of the event loop's work (README, Performance: "What was tuned"). Here a block is a
+job on a queue, and the loop is woken only when it waits for a count that is not ready yet,
+which, with blocks counted faster than the network brings them, is rare.
 """
 
 from __future__ import annotations
