@@ -39,17 +39,24 @@ async def test_submit_needs_the_context_manager() -> None:
         CountingPool(1).submit([ROWS[0]], LAYOUT)
 
 
-def _blocking_count(
-    monkeypatch: pytest.MonkeyPatch, gate: threading.Event, counted: list[Piece]
-) -> None:
-    """count_block on the pool's threads waits for `gate` and records what it counts."""
+class Gate:
+    """count_block on the pool's threads, made to wait until `opened` and to note what it counts."""
 
-    def count(piece: Piece, layout: CsvLayout, stats: object = None) -> BlockCount:
-        gate.wait(timeout=10)
-        counted.append(piece)
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.counted: list[Piece] = []
+
+    def count(self, piece: Piece, layout: CsvLayout, stats: object = None) -> BlockCount:
+        self.opened.wait(timeout=10)
+        self.counted.append(piece)
         return count_block(piece, layout)
 
-    monkeypatch.setattr(_pool, "count_block", count)
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    gate = Gate()
+    monkeypatch.setattr(_pool, "count_block", gate.count)
+    return gate
 
 
 async def test_a_count_finished_before_it_is_awaited_is_taken_as_it_is() -> None:
@@ -59,14 +66,10 @@ async def test_a_count_finished_before_it_is_awaited_is_taken_as_it_is() -> None
         assert await counting == count_block(ROWS[0], LAYOUT)
 
 
-async def test_a_count_awaited_before_it_is_finished_wakes_its_task(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    gate, counted = threading.Event(), list[Piece]()
-    _blocking_count(monkeypatch, gate, counted)
+async def test_a_count_awaited_before_it_is_finished_wakes_its_task(gate: Gate) -> None:
     async with CountingPool(1) as pool:
         counting = pool.submit([ROWS[1]], LAYOUT)
-        asyncio.get_running_loop().call_later(0.05, gate.set)
+        asyncio.get_running_loop().call_later(0.05, gate.opened.set)
         assert not counting.done
         assert await counting == count_block(ROWS[1], LAYOUT)
 
@@ -83,30 +86,24 @@ async def test_an_error_while_counting_is_raised_where_the_count_is_awaited(
             await pool.submit([ROWS[0]], LAYOUT)
 
 
-async def test_cancelled_and_unstarted_batches_are_never_counted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    gate, counted = threading.Event(), list[Piece]()
-    _blocking_count(monkeypatch, gate, counted)
+async def test_cancelled_and_unstarted_batches_are_never_counted(gate: Gate) -> None:
     async with CountingPool(1) as pool:
         pool.submit([ROWS[0]], LAYOUT)  # holds the one thread until the gate opens
         pool.submit([ROWS[1]], LAYOUT).cancel()
         pool.submit([ROWS[2]], LAYOUT)  # still queued when the pool is left
         # Opens once the pool is being left, which waits for the batch being counted.
-        threading.Timer(0.05, gate.set).start()
-    assert counted == [ROWS[0]]
+        threading.Timer(0.05, gate.opened.set).start()
+    assert gate.counted == [ROWS[0]]
 
 
 async def test_a_task_cancelled_while_it_awaits_a_count_leaves_the_pool_working(
-    monkeypatch: pytest.MonkeyPatch,
+    gate: Gate,
 ) -> None:
-    gate, counted = threading.Event(), list[Piece]()
-    _blocking_count(monkeypatch, gate, counted)
     async with CountingPool(1) as pool:
         waiting = asyncio.create_task(_awaited(pool.submit([ROWS[0]], LAYOUT)))
         await asyncio.sleep(0.01)
         waiting.cancel()
-        gate.set()
+        gate.opened.set()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert await pool.submit([ROWS[1]], LAYOUT) == count_block(ROWS[1], LAYOUT)
