@@ -13,7 +13,6 @@ body that is not the one announced raises `WrongBody`, which the retry loop retr
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ from ._exceptions import (
 )
 from ._lines import Piece
 from ._metadata import DownloadInfo
-from ._pool import CountingPool
+from ._pool import Counting, CountingPool
 from ._progress import ProgressListener, Retry
 from ._rate import RateLimit
 from ._results import DownloadResult
@@ -150,7 +149,7 @@ class DownloadAttempt:
         self._limit = limit
         self._reader = BodyReader(max_line_bytes=options.max_line_bytes, stats=options.stats)
         self._total = BlockCount()
-        self._pending: deque[asyncio.Future[BlockCount]] = deque()
+        self._pending: deque[Counting] = deque()
 
     async def run(self) -> DownloadResult:
         """The download's verified result; WrongBody or another `Retryable` if it failed."""
@@ -183,8 +182,6 @@ class DownloadAttempt:
         finally:
             for block in self._pending:
                 block.cancel()
-                # A block counted before the attempt failed must not log its error as unread.
-                block.add_done_callback(_mark_read)
         self._check_length()
         if incomplete:
             raise WrongBody(incomplete)
@@ -224,8 +221,3 @@ class DownloadAttempt:
             raise WrongBody(
                 f"the body holds more than {allowed:,} blank lines, for {rows:,} rows announced"
             )
-
-
-def _mark_read(future: asyncio.Future[BlockCount]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -679,6 +679,59 @@ def test_progress_on_a_narrow_terminal_fits_and_disappears(slow_server: str) -> 
     assert [line for line in screen if line.strip()] == []  # and is gone at the end
 
 
+def test_the_process_ends_with_its_output_whole_and_its_code(server: str) -> None:
+    # The entry point ends the process without the interpreter's teardown (os._exit): the
+    # result, the summary line and the exit code must all be there as they were before.
+    command = [sys.executable, "-m", "export_client"]
+    done = subprocess.run(
+        [*command, "tiny", "-s", server, "-t"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected_json("tiny") + "\n"
+    assert done.stderr.startswith("tiny: ")
+    assert done.stderr.count("\n") == 1
+    failed = subprocess.run(
+        [*command, "nope", "-s", server], capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 2
+    assert failed.stdout == ""
+    assert failed.stderr.startswith("error: Unknown export 'nope'")
+
+
+@pytest.mark.parametrize("with_thread", [False, True])
+def test_the_process_still_runs_exit_handlers_and_waits_for_threads(with_thread: bool) -> None:
+    # What the interpreter's exit does that matters, the fast exit does too.
+    script = """if True:
+        import atexit, sys, threading, time
+        atexit.register(lambda: print("handler ran", file=sys.stderr))
+        printed = threading.Event()
+
+        class Stdout:  # tells the thread when the command has printed its line
+            def __init__(self, stream):
+                self.stream = stream
+            def write(self, text):
+                self.stream.write(text)
+                printed.set()
+            def __getattr__(self, name):
+                return getattr(self.stream, name)
+
+        sys.stdout = Stdout(sys.stdout)
+        if sys.argv[1] == "True":  # still running when the command ends: to be waited for
+            late = threading.Thread(target=lambda: (printed.wait(), time.sleep(0.2), print("late")))
+            late.start()
+        sys.argv = ["cli", "--version"]
+        from export_client.__main__ import main
+        main()
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(with_thread)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cli ")
+    assert done.stdout.endswith("\nlate\n" if with_thread else ")\n")
+    assert done.stderr == "handler ran\n"
+
+
 def test_rich_is_not_imported_when_stderr_is_not_a_terminal(server: str) -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "export_client", "tiny", "-s", server],
