@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -29,6 +30,9 @@ from export_server import FaultConfig, running_server
 from ..processes import children, command_line, kill_leftovers, still_running, wait_for
 from .test_cli import MEDIUM, TINY, expected_json, invoke, on_a_terminal
 
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+
 distributed = pytest.importorskip("distributed", reason="needs the extra: uv sync --extra dask")
 
 from export_client._cluster import ClusterAddress, local_cluster_settings  # noqa: E402
@@ -38,10 +42,26 @@ CLI = [sys.executable, "-m", "export_client"]
 
 
 @pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    """The address of a LocalCluster of two single-threaded workers, threads of this process."""
+def threads_cluster() -> Iterator[LocalCluster]:
+    """A LocalCluster of two single-threaded workers, threads of this process."""
     with distributed.LocalCluster(**local_cluster_settings(2, processes=False)) as cluster:
-        yield cluster.scheduler_address
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def scheduler(threads_cluster: LocalCluster) -> str:
+    return str(threads_cluster.scheduler_address)
+
+
+def wait_until_idle(cluster: LocalCluster) -> None:
+    """Waits for the tasks that a failed run cancelled: one already running on a worker's
+    thread runs to its end, and must not outlive the server that its test stops."""
+
+    def idle() -> list[int]:
+        workers = cluster.workers.values()
+        return [1] if all(worker.state.executing_count == 0 for worker in workers) else []
+
+    wait_for(idle)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +132,12 @@ def test_faults_on_give_exact_counts(faulty_server: str, scheduler: str) -> None
     assert retries_in(err.splitlines()[-1]) > 0, "the faults should have forced retries"
 
 
-def test_retries_exhausted_is_one_error_line_naming_the_download(scheduler: str) -> None:
+def test_retries_exhausted_is_one_error_line_naming_the_download(
+    threads_cluster: LocalCluster, scheduler: str
+) -> None:
     with running_server(catalog=TINY, workers=1, faults=FaultConfig(fail_rate=1.0)) as url:
         code, out, err = invoke("tiny", "-s", url, "--cluster", scheduler, "--retries", "1", "-q")
+        wait_until_idle(threads_cluster)
     assert code == 1
     assert out == ""
     lines = err.splitlines()
