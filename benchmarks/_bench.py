@@ -52,6 +52,22 @@ SERVER_START_SECONDS = 60.0
 MB = 1 << 20
 
 
+# What a measured run of the client records, summarised per variant as median (min..max).
+RUN_METRICS = (
+    "wall_seconds",
+    "cpu_seconds",
+    "peak_rss_mb",
+    "server_cpu_seconds",
+    "other_cpu_seconds",
+    "own_seconds",
+)
+
+
+def say(message: str) -> None:
+    """A line of the benchmark's progress, on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
 class BenchmarkError(Exception):
     """A run failed, or counted something other than the committed result."""
 

@@ -45,6 +45,7 @@ from typing import Any
 from _bench import (
     CORES,
     RESULTS,
+    RUN_METRICS,
     BenchmarkError,
     Repeats,
     Spread,
@@ -55,24 +56,12 @@ from _bench import (
     machine_line,
     measure,
     running_server,
+    say,
     write_results,
 )
 
 from export_client._rate import parse_rate
 from export_server import REFERENCE_CATALOG, ServerProcess
-
-METRICS = (
-    "wall_seconds",
-    "cpu_seconds",
-    "peak_rss_mb",
-    "server_cpu_seconds",
-    "other_cpu_seconds",
-    "own_seconds",
-)
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -111,7 +100,7 @@ def summarize(runs: list[dict[str, Any]], names: list[str], nbytes: int) -> dict
     for name in names:
         chosen = [run for run in runs if run["variant"] == name]
         figures: dict[str, Any] = {
-            metric: asdict(Spread.of([run[metric] for run in chosen])) for metric in METRICS
+            metric: asdict(Spread.of([run[metric] for run in chosen])) for metric in RUN_METRICS
         }
         figures["mb_per_second"] = nbytes / 1e6 / figures["wall_seconds"]["median"]
         summary[name] = figures

@@ -61,6 +61,7 @@ from typing import Any
 from _bench import (
     HERE,
     RESULTS,
+    RUN_METRICS,
     TRANSFER_ONLY,
     BenchmarkError,
     Measured,
@@ -75,6 +76,7 @@ from _bench import (
     machine_line,
     measure,
     running_server,
+    say,
     write_results,
 )
 
@@ -86,18 +88,6 @@ VARIANTS = ("client", "pure", "client-stats", "pure-stats", "baseline", "baselin
 # What wall times are compared with, as ratios of the medians (those of the run's variants).
 REFERENCES = ("client", "client-stats", "baseline", "baseline-lines", "duckdb")
 REFERENCE_NAMES = {"duckdb": "DuckDB"}
-METRICS = (
-    "wall_seconds",
-    "cpu_seconds",
-    "peak_rss_mb",
-    "server_cpu_seconds",
-    "other_cpu_seconds",
-    "own_seconds",
-)
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Runner:
@@ -236,7 +226,7 @@ def summarize(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
     for variant in variants:
         chosen = [run for run in runs if run["variant"] == variant]
         figures: dict[str, Any] = {}
-        for metric in METRICS:
+        for metric in RUN_METRICS:
             values = [run[metric] for run in chosen if run.get(metric) is not None]
             if values:
                 figures[metric] = asdict(Spread.of(values))

@@ -37,6 +37,7 @@ def main() -> None:
 def _exit_now(done: SystemExit) -> None:
     """Ends the process with `done`'s code; returns (for the ordinary exit) if it cannot."""
     import atexit
+    import signal
     import threading
 
     code = 0 if done.code is None else done.code
@@ -49,6 +50,10 @@ def _exit_now(done: SystemExit) -> None:
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is None:
         return
+    # The result is written and the code decided: a late Ctrl-C or SIGTERM must not turn the
+    # last steps into a traceback and another code.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     run_exit_handlers()
     try:
         for stream in (sys.stdout, sys.stderr):

@@ -164,10 +164,10 @@ def cli(
         raise UsageError("--normal-range needs --stats.")
     if mock and ctx.get_parameter_source("server") == ParameterSource.COMMANDLINE:
         raise UsageError("--mock starts its own server: give --mock or --server, not both.")
-    if mock and cluster is not None and not ClusterAddress.parse(cluster).local:
-        raise UsageError(
-            "--mock's server is on this machine's loopback, out of a remote cluster's reach."
-        )
+    reached = "http://127.0.0.1" if mock else server  # --mock's server is on loopback
+    if cluster is not None and not ClusterAddress.parse(cluster).reaches(reached):
+        where = "--mock's server" if mock else f"The server at {server}"
+        raise UsageError(f"{where} is on this machine's loopback, out of a remote cluster's reach.")
     try:
         # Before anything is downloaded: a result that cannot be written is not worth making.
         destination = Output.at(output) if output is not None else Output.at("-")

@@ -109,6 +109,8 @@ class ExportClient:
         self.threads = threads
         self.limit_rate = limit_rate
         self.cluster = ClusterAddress.parse(cluster) if cluster is not None else None
+        if self.cluster is not None and not self.cluster.reaches(server):
+            raise ValueError(f"{server} is on this machine's loopback, out of the workers' reach")
         self.progress: ProgressListener = progress or NoProgress()
         self._source = source
         self._session: aiohttp.ClientSession | None = None

@@ -8,7 +8,9 @@ optional extra `dask`) are imported by this module only, and only when a cluster
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import ipaddress
 import logging
 import signal
 import uuid
@@ -16,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ._defaults import available_cores
 from ._exceptions import DownloadFailedError, ExportClientError
@@ -75,8 +78,30 @@ class ClusterAddress:
     def local(self) -> bool:
         return self.scheduler is None
 
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether the workers run here: a LocalCluster, or a scheduler on loopback."""
+        if self.scheduler is None:
+            return True
+        # Dask takes `tcp://host:port`, other schemes, and a bare `host:port`.
+        return _is_loopback(urlsplit("//" + self.scheduler.split("://", 1)[-1]).hostname)
+
+    def reaches(self, server: str) -> bool:
+        """Whether the workers can reach `server`: not where it is on this machine's loopback
+        and they are elsewhere (each would find its own loopback)."""
+        return self.on_this_machine or not _is_loopback(urlsplit(server).hostname)
+
     def __str__(self) -> str:
         return self.scheduler or f"local:{self.workers}"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None or host == "localhost":
+        return host is not None
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def local_cluster_settings(workers: int, *, processes: bool = True) -> dict[str, Any]:
@@ -147,9 +172,12 @@ async def count_on_cluster(
                 future.release()
                 watcher.finished(results[info.id])
         finally:
-            if pending:
-                await client.cancel(list(pending), reason="another download failed")
-            client.unsubscribe_topic(topic)
+            # The run's outcome is decided by now: a scheduler connection that broke must not
+            # replace a download's error, or a complete result, with its own.
+            with contextlib.suppress(Exception):
+                if pending:
+                    await client.cancel(list(pending), reason="another download failed")
+                client.unsubscribe_topic(topic)
     return [results[info.id] for info in downloads]
 
 
@@ -187,11 +215,16 @@ async def _connected(address: ClusterAddress, seconds: float) -> AsyncIterator[C
         # hold meanwhile (Dask's default of 1.1 tasks per thread), which another worker may
         # then wait for at the end of the run.
         async with AsyncExitStack() as stack:
-            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-                cluster = LocalCluster(asynchronous=True, **settings)
-                await stack.enter_async_context(cluster)  # its scheduler reads the setting
-            client = Client(cluster, asynchronous=True, set_as_default=False)
-            await stack.enter_async_context(client)
+            try:
+                with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                    cluster = LocalCluster(asynchronous=True, **settings)
+                    await stack.enter_async_context(cluster)  # its scheduler reads the setting
+                client = Client(cluster, asynchronous=True, set_as_default=False)
+                await stack.enter_async_context(client)
+            except (OSError, TimeoutError, RuntimeError) as error:
+                raise ClusterError(
+                    f"A local Dask cluster of {address.workers} workers did not start ({error})."
+                ) from error
             yield client
         return
     try:

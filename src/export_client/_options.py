@@ -133,7 +133,13 @@ ReportFile = Annotated[
 
 Concurrency = Annotated[
     int,
-    typer.Option("-c", "--concurrency", min=1, metavar="N", help="Downloads streamed at once."),
+    typer.Option(
+        "-c",
+        "--concurrency",
+        min=1,
+        metavar="N",
+        help="Downloads streamed at once (with a scheduler's --cluster: its workers' threads).",
+    ),
 ]
 
 Retries = Annotated[

@@ -57,7 +57,9 @@ class Counting:
                 # Under the lock the thread sees the waiter or we see it done, never neither.
                 if not self.done:
                     self._waiter = waiter
-            if self._waiter is not None:
+            # This await's own waiter: one left by an earlier await that was cancelled is
+            # not the one the thread will wake.
+            if self._waiter is waiter:
                 yield from waiter.__await__()
         if self._error is not None:
             raise self._error

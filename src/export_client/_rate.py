@@ -61,8 +61,11 @@ class RateLimit:
             return max(0.0, self._paid_until - now - self._burst)
 
     async def take(self, nbytes: int) -> float:
-        """Takes `nbytes` and waits as long as the rate requires; returns the seconds waited."""
+        """Takes `nbytes` and waits as long as the rate requires; returns the seconds waited
+        (as slept: a busy event loop may wake later than asked)."""
         delay = self.reserve(nbytes)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return delay
+        if delay <= 0:
+            return 0.0
+        started = time.monotonic()
+        await asyncio.sleep(delay)
+        return time.monotonic() - started

@@ -7,7 +7,7 @@ worker running it died, starts from nothing, so no row is ever counted twice.
 
 Progress crosses the cluster as Dask events: the task's `WorkerProgress` sends what it
 received, counted and retried, a few times a second, and the client's `ClusterProgress` hands
-that on to its `ProgressListener`. Nothing here imports Dask: the worker is handed in.
+that on to its `ProgressListener`. Dask is imported only on a worker, by the task itself.
 """
 
 from __future__ import annotations

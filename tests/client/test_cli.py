@@ -757,6 +757,16 @@ def test_limit_rate_caps_the_bytes_per_second_over_all_downloads(server: str) ->
     assert 1.8 <= elapsed < 20
 
 
+def test_time_waited_for_the_rate_limit_is_not_the_servers_slowness(server: str) -> None:
+    size = sum(len(b"".join(generate_body(download))) for download in TINY.downloads("tiny") or ())
+    rate = size // 2
+    # A floor four times the rate: the streams run at the rate, but the server is fast.
+    args = ["--limit-rate", str(rate), "--speed-limit", str(4 * rate), "--speed-time", "0.3"]
+    code, out, err = invoke("tiny", "-s", server, *args, "--retries", "0", "-c", "3")
+    assert code == 0, err
+    assert out == expected_json("tiny") + "\n"
+
+
 @pytest.mark.parametrize("rate", ["0", "fast", "20MB", "-5K"])
 def test_a_rate_it_cannot_use_is_a_usage_error(rate: str) -> None:
     code, out, err = invoke("tiny", "--limit-rate", rate)

@@ -350,6 +350,7 @@ async def test_limit_rate_caps_every_download_together() -> None:
         ({"limit_rate": 0.5}, "limit_rate"),
         ({"cluster": "local:0"}, "local:N"),
         ({"cluster": "local:2", "source": MemorySource({})}, "no source"),
+        ({"server": "http://localhost:8000", "cluster": "tcp://10.1.2.3:8786"}, "loopback"),
     ],
 )
 def test_options_it_cannot_use(options: dict[str, Any], message: str) -> None:

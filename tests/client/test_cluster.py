@@ -184,10 +184,38 @@ def test_a_scheduler_without_workers_is_one_error_line(server: str) -> None:
 
 
 def test_mock_with_a_remote_cluster_is_a_usage_error() -> None:
-    code, out, err = invoke("demo", "--mock", "--cluster", "tcp://127.0.0.1:9")
+    code, out, err = invoke("demo", "--mock", "--cluster", "tcp://10.1.2.3:8786")
     assert code == 2
     assert out == ""
     assert err.startswith("error: --mock's server is on this machine's loopback")
+
+
+def test_a_loopback_server_with_a_remote_cluster_is_a_usage_error() -> None:
+    code, out, err = invoke(
+        "demo", "-s", "http://localhost:8000", "--cluster", "tcp://10.1.2.3:8786"
+    )
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: The server at http://localhost:8000 is on this machine's")
+
+
+@pytest.mark.parametrize(
+    ("server", "address", "reaches"),
+    [
+        ("http://127.0.0.1:8000", "local:2", True),
+        ("http://127.0.0.1:8000", "tcp://127.0.0.1:8786", True),
+        ("http://localhost:8000", "localhost:8786", True),
+        ("http://[::1]:8000", "tls://[::1]:8786", True),
+        ("http://exports.internal:8000", "tcp://10.1.2.3:8786", True),
+        ("http://127.0.0.2:8000", "tcp://10.1.2.3:8786", False),
+        ("http://localhost:8000", "scheduler:8786", False),
+        ("http://[::1]:8000", "tcp://[2001:db8::1]:8786", False),
+    ],
+)
+def test_workers_elsewhere_cannot_reach_a_loopback_server(
+    server: str, address: str, reaches: bool
+) -> None:
+    assert ClusterAddress.parse(address).reaches(server) is reaches
 
 
 @pytest.mark.parametrize("address", ["local:0", "local:x", "", "tcp://a b"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -43,10 +44,12 @@ class Gate:
     """count_block on the pool's threads, made to wait until `opened` and to note what it counts."""
 
     def __init__(self) -> None:
+        self.entered = threading.Event()
         self.opened = threading.Event()
         self.counted: list[Piece] = []
 
     def count(self, piece: Piece, layout: CsvLayout, stats: object = None) -> BlockCount:
+        self.entered.set()
         self.opened.wait(timeout=10)
         self.counted.append(piece)
         return count_block(piece, layout)
@@ -63,6 +66,7 @@ async def test_a_count_finished_before_it_is_awaited_is_taken_as_it_is() -> None
     async with CountingPool(1) as pool:
         counting = pool.submit([ROWS[0]], LAYOUT)
         await asyncio.to_thread(_until_done, counting)
+        assert counting.done
         assert await counting == count_block(ROWS[0], LAYOUT)
 
 
@@ -89,6 +93,7 @@ async def test_an_error_while_counting_is_raised_where_the_count_is_awaited(
 async def test_cancelled_and_unstarted_batches_are_never_counted(gate: Gate) -> None:
     async with CountingPool(1) as pool:
         pool.submit([ROWS[0]], LAYOUT)  # holds the one thread until the gate opens
+        await asyncio.to_thread(gate.entered.wait, 10)  # taken off the queue: being counted
         pool.submit([ROWS[1]], LAYOUT).cancel()
         pool.submit([ROWS[2]], LAYOUT)  # still queued when the pool is left
         # Opens once the pool is being left, which waits for the batch being counted.
@@ -107,6 +112,43 @@ async def test_a_task_cancelled_while_it_awaits_a_count_leaves_the_pool_working(
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert await pool.submit([ROWS[1]], LAYOUT) == count_block(ROWS[1], LAYOUT)
+
+
+async def test_a_count_awaited_again_after_a_cancelled_await_is_taken(gate: Gate) -> None:
+    async with CountingPool(1) as pool:
+        counting = pool.submit([ROWS[0]], LAYOUT)
+        first = asyncio.create_task(_awaited(counting))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+        def finish() -> None:
+            gate.opened.set()
+            _until_done(counting)
+
+        # The thread finishes between the second await's look at `done` and its lock: that
+        # await must not wait on a waiter that nobody will wake.
+        pool.lock = FinishFirst(pool.lock, finish)  # type: ignore[assignment]
+        assert await asyncio.wait_for(_awaited(counting), 5) == count_block(ROWS[0], LAYOUT)
+
+
+class FinishFirst:
+    """A lock that, the first time this thread takes it, first runs `before`."""
+
+    def __init__(self, lock: threading.Lock, before: Callable[[], None]) -> None:
+        self._lock = lock
+        self._before: Callable[[], None] | None = before
+        self._thread = threading.current_thread()
+
+    def __enter__(self) -> bool:
+        if self._before is not None and threading.current_thread() is self._thread:
+            before, self._before = self._before, None
+            before()
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def _until_done(counting: Counting) -> None:
