@@ -15,6 +15,7 @@ from a disturbed one.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import itertools
@@ -470,6 +471,25 @@ class Repeats:
                 continue
             self.runs.extend(batch)
             repeat += 1
+
+
+def add_repeat_options(
+    parser: argparse.ArgumentParser, *, retries: int, patience: float, timeout: float
+) -> None:
+    """The options of `Repeats`, each run's timeout and where results go, alike in every
+    script."""
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.1,
+        help="a repeat in which other work used more than this share of the cores is run again",
+    )
+    parser.add_argument("--retries", type=int, default=retries, help="repeats run again, at most")
+    parser.add_argument(
+        "--patience", type=float, default=patience, help="seconds to wait for quiet"
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per run")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
 
 
 def write_results(

@@ -44,11 +44,11 @@ from typing import Any
 
 from _bench import (
     CORES,
-    RESULTS,
     RUN_METRICS,
     BenchmarkError,
     Repeats,
     Spread,
+    add_repeat_options,
     check_output,
     command_line,
     compile_bytecode,
@@ -172,16 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each variant")
     parser.add_argument("--server-workers", type=int, default=2, help="server --workers")
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=0.1,
-        help="a repeat in which other work used more than this share of the cores is run again",
-    )
-    parser.add_argument("--retries", type=int, default=5, help="repeats run again, at most")
-    parser.add_argument("--patience", type=float, default=600.0, help="seconds to wait for quiet")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
+    add_repeat_options(parser, retries=5, patience=600.0, timeout=600.0)
     args = parser.parse_args(argv)
     parse_rate(args.limit_rate)  # a usage error here rather than in every run
     if args.repeats < 1 or min(args.workers + args.overhead, default=1) < 1:

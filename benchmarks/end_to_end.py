@@ -60,13 +60,13 @@ from typing import Any
 
 from _bench import (
     HERE,
-    RESULTS,
     RUN_METRICS,
     TRANSFER_ONLY,
     BenchmarkError,
     Measured,
     Repeats,
     Spread,
+    add_repeat_options,
     check_output,
     check_stats_output,
     command_line,
@@ -311,16 +311,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="client --threads (default: one per core)")
     parser.add_argument("--server-workers", type=int, default=2, help="server --workers")
     parser.add_argument("--timeline", action="store_true", help="record core use every 50 ms")
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=0.1,
-        help="a repeat in which other work used more than this share of the cores is run again",
-    )
-    parser.add_argument("--retries", type=int, default=10, help="repeats run again, at most")
-    parser.add_argument("--patience", type=float, default=900.0, help="seconds to wait for quiet")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
+    add_repeat_options(parser, retries=10, patience=900.0, timeout=3600.0)
     parser.add_argument("--out-name", help="the results' file name without suffix")
     args = parser.parse_args(argv)
     args.sources = {}
